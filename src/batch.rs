@@ -1,0 +1,247 @@
+//! Inputs (arguments, files, stdin) → ordered records → results, one per record.
+//!
+//! Lines are read as bytes, so a line that is not UTF-8 becomes a failed record instead of
+//! ending the run; input is streamed, never read whole.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// One input and its 0-based position among all inputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub index: usize,
+    /// The text, or why there is none (e.g. the line is not UTF-8).
+    pub text: std::result::Result<String, String>,
+}
+
+/// Where inputs come from.
+#[derive(Debug, Clone)]
+pub enum InputSource {
+    /// Command-line arguments, one input each.
+    Args(Vec<OsString>),
+    /// Files read one input per line, in order; `-` is stdin.
+    Files(Vec<PathBuf>),
+}
+
+/// Streams records from an [`InputSource`].
+pub struct Records {
+    args: std::vec::IntoIter<OsString>,
+    files: std::vec::IntoIter<PathBuf>,
+    current: Option<(PathBuf, Box<dyn BufRead>)>,
+    next_index: usize,
+    line: Vec<u8>,
+}
+
+impl Records {
+    pub fn new(source: InputSource) -> Self {
+        let (args, files) = match source {
+            InputSource::Args(args) => (args, Vec::new()),
+            InputSource::Files(files) => (Vec::new(), files),
+        };
+        Records {
+            args: args.into_iter(),
+            files: files.into_iter(),
+            current: None,
+            next_index: 0,
+            line: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, text: std::result::Result<String, String>) -> Record {
+        let index = self.next_index;
+        self.next_index += 1;
+        Record { index, text }
+    }
+}
+
+fn open(path: &Path) -> Result<Box<dyn BufRead>> {
+    if path == Path::new("-") {
+        return Ok(Box::new(BufReader::new(io::stdin())));
+    }
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    Ok(Box::new(BufReader::with_capacity(1 << 16, file)))
+}
+
+fn not_utf8(bytes: &[u8]) -> String {
+    let valid = std::str::from_utf8(bytes)
+        .err()
+        .map_or(bytes.len(), |e| e.valid_up_to());
+    format!("input is not valid UTF-8 (invalid byte at offset {valid})")
+}
+
+impl Iterator for Records {
+    /// An `Err` is an unreadable input file: fatal, since the records in it are unknown.
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(arg) = self.args.next() {
+            let text = arg
+                .into_string()
+                .map_err(|arg| not_utf8(arg.as_encoded_bytes()));
+            return Some(Ok(self.record(text)));
+        }
+        loop {
+            if self.current.is_none() {
+                let path = self.files.next()?;
+                match open(&path) {
+                    Ok(reader) => self.current = Some((path, reader)),
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            let (path, reader) = self.current.as_mut()?;
+            self.line.clear();
+            match reader.read_until(b'\n', &mut self.line) {
+                Ok(0) => self.current = None,
+                Ok(_) => {
+                    let mut line = std::mem::take(&mut self.line);
+                    if line.last() == Some(&b'\n') {
+                        line.pop();
+                        if line.last() == Some(&b'\r') {
+                            line.pop();
+                        }
+                    }
+                    let text = String::from_utf8(line).map_err(|e| not_utf8(e.as_bytes()));
+                    return Some(Ok(self.record(text)));
+                }
+                Err(e) => {
+                    let path = path.clone();
+                    self.current = None;
+                    return Some(Err(Error::io(path, e)));
+                }
+            }
+        }
+    }
+}
+
+/// Counts of a finished run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub records: usize,
+    pub failed: usize,
+}
+
+/// Runs `process` over the records in chunks of `batch_size` and hands every result to `emit`
+/// in input order. Records that failed before processing, and whole chunks whose processing
+/// failed, are emitted as errors; the run goes on.
+pub fn run<T, P, E>(
+    records: Records,
+    batch_size: usize,
+    mut process: P,
+    mut emit: E,
+) -> Result<Summary>
+where
+    P: FnMut(&[&str]) -> Result<Vec<Result<T>>>,
+    E: FnMut(&Record, std::result::Result<T, String>) -> io::Result<()>,
+{
+    let mut summary = Summary::default();
+    let mut chunk: Vec<Record> = Vec::with_capacity(batch_size);
+    let mut records = records.peekable();
+    while records.peek().is_some() {
+        chunk.clear();
+        while chunk.len() < batch_size {
+            match records.next() {
+                Some(record) => chunk.push(record?),
+                None => break,
+            }
+        }
+        let texts: Vec<&str> = chunk
+            .iter()
+            .filter_map(|r| r.text.as_deref().ok())
+            .collect();
+        let results: Vec<std::result::Result<T, String>> = match process(&texts) {
+            Ok(results) => results
+                .into_iter()
+                .map(|r| r.map_err(|e| error_chain(&e)))
+                .collect(),
+            Err(e) => {
+                let message = error_chain(&e);
+                texts.iter().map(|_| Err(message.clone())).collect()
+            }
+        };
+        let mut results = results.into_iter();
+        for record in &chunk {
+            let result = match &record.text {
+                Ok(_) => results
+                    .next()
+                    .unwrap_or_else(|| Err("no result was produced".to_string())),
+                Err(reason) => Err(reason.clone()),
+            };
+            summary.records += 1;
+            summary.failed += usize::from(result.is_err());
+            emit(record, result).map_err(|e| Error::io("<stdout>", e))?;
+        }
+    }
+    Ok(summary)
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn texts(source: InputSource) -> Vec<std::result::Result<String, String>> {
+        Records::new(source).map(|r| r.unwrap().text).collect()
+    }
+
+    #[test]
+    fn lines_keep_empty_ones_and_flag_bad_utf8() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(b"one\r\n\ntwo \xff\nlast").unwrap();
+        let got = texts(InputSource::Files(vec![file.path().to_path_buf()]));
+        assert_eq!(got[0].as_deref(), Ok("one"));
+        assert_eq!(got[1].as_deref(), Ok(""));
+        assert!(got[2].as_ref().unwrap_err().contains("UTF-8"));
+        assert_eq!(got[3].as_deref(), Ok("last"));
+        assert_eq!(got.len(), 4);
+    }
+
+    #[test]
+    fn results_come_back_in_order_with_failures_in_place() {
+        let source = InputSource::Args(vec!["a".into(), "bb".into(), "ccc".into()]);
+        let mut seen = Vec::new();
+        let summary = run(
+            Records::new(source),
+            2,
+            |texts| {
+                Ok(texts
+                    .iter()
+                    .map(|t| match t.len() {
+                        2 => Err(Error::Encode("too even".into())),
+                        n => Ok(n),
+                    })
+                    .collect())
+            },
+            |record, result| {
+                seen.push((record.index, result));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            summary,
+            Summary {
+                records: 3,
+                failed: 1
+            }
+        );
+        assert_eq!(seen[0], (0, Ok(1)));
+        assert!(seen[1].1.is_err());
+        assert_eq!(seen[2], (2, Ok(3)));
+    }
+}

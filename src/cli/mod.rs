@@ -1,0 +1,213 @@
+//! The command-line edge: parse, validate into library calls, write records, map outcomes
+//! to exit codes.
+
+mod args;
+mod output;
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{CommandFactory, Parser};
+use serde::Serialize;
+
+pub use args::Cli;
+use args::{ClassifyArgs, Command, DeviceArgs, DownloadArgs, InputArgs, ModelArgs};
+use output::{RecordWriter, Reporter};
+
+use crate::batch::{self, InputSource, Record, Records, Summary};
+use crate::hub::{self, HubOptions, ModelRepo};
+use crate::tasks::classify::{self, Classification, Classifier, LabelScore};
+use crate::tasks::LoadOptions;
+
+/// How a run ended, for the exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every input succeeded (exit 0).
+    Success,
+    /// Some inputs failed, each reported (exit 1).
+    SomeFailed,
+}
+
+/// Parses the process arguments and runs the command.
+pub fn main() -> anyhow::Result<Outcome> {
+    run(Cli::parse())
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Classify(args) => classify(args),
+        Command::Download(args) => download(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "llmx", &mut std::io::stdout());
+            Ok(Outcome::Success)
+        }
+    }
+}
+
+fn hub_options(revision: &str, offline: bool, reporter: &Reporter) -> HubOptions {
+    let mut options = HubOptions::from_env();
+    options.revision = revision.to_string();
+    options.offline |= offline;
+    options.progress = reporter.wants_progress();
+    options
+}
+
+fn load_options(model: &ModelArgs, device: &DeviceArgs, reporter: &Reporter) -> LoadOptions {
+    LoadOptions {
+        hub: hub_options(&model.revision, model.offline, reporter),
+        device: device.device,
+        dtype: device.dtype,
+    }
+}
+
+/// TEXT arguments, else --input files, else stdin when it is not a terminal.
+fn input_source(input: &InputArgs) -> anyhow::Result<InputSource> {
+    if !input.texts.is_empty() {
+        return Ok(InputSource::Args(input.texts.clone()));
+    }
+    if !input.input.is_empty() {
+        return Ok(InputSource::Files(input.input.clone()));
+    }
+    if std::io::stdin().is_terminal() {
+        bail!("no input: give TEXT arguments, --input FILE, or pipe lines on stdin");
+    }
+    Ok(InputSource::Files(vec!["-".into()]))
+}
+
+/// A spinner with a record count and rate, on a terminal only.
+fn progress(reporter: &Reporter) -> indicatif::ProgressBar {
+    if !reporter.wants_progress() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner().with_style(
+        indicatif::ProgressStyle::with_template("{spinner} {pos} records  {per_sec}  {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// Feeds records through `process`, writes each result with `write`, and reports.
+fn run_batch<T>(
+    source: InputSource,
+    batch_size: u32,
+    reporter: &Reporter,
+    writer: &mut RecordWriter,
+    process: impl FnMut(&[&str]) -> crate::Result<Vec<crate::Result<T>>>,
+    mut write: impl FnMut(&mut RecordWriter, &Record, &T) -> std::io::Result<()>,
+) -> anyhow::Result<Outcome> {
+    let bar = progress(reporter);
+    let summary = batch::run(
+        Records::new(source),
+        batch_size as usize,
+        process,
+        |record, result| {
+            bar.inc(1);
+            match result {
+                Ok(value) => write(writer, record, &value),
+                Err(error) => writer.error(record.index, &error),
+            }
+        },
+    );
+    bar.finish_and_clear();
+    let Summary { records, failed } = summary?;
+    if failed > 0 {
+        reporter.warn(format!("{failed} of {records} inputs failed"));
+        return Ok(Outcome::SomeFailed);
+    }
+    Ok(Outcome::Success)
+}
+
+#[derive(Serialize)]
+struct ClassifyRecord<'a> {
+    index: usize,
+    text: &'a str,
+    label: &'a str,
+    score: f32,
+    labels: &'a [LabelScore],
+}
+
+fn classify(args: ClassifyArgs) -> anyhow::Result<Outcome> {
+    let reporter = Reporter::new(args.output.quiet);
+    let source = input_source(&args.input)?;
+    let model = args
+        .model
+        .model
+        .as_deref()
+        .unwrap_or(classify::DEFAULT_MODEL);
+    let classifier = Classifier::load(model, &load_options(&args.model, &args.device, &reporter))
+        .with_context(|| format!("cannot load {model}"))?;
+    let keep = if args.all {
+        usize::MAX
+    } else {
+        args.top_k as usize
+    };
+    let window = classifier.window();
+    let mut truncated = 0usize;
+    let mut writer = RecordWriter::new(args.output.json);
+    let outcome = run_batch(
+        source,
+        args.input.batch_size,
+        &reporter,
+        &mut writer,
+        |texts| classifier.classify(texts),
+        |writer, record, result: &Classification| {
+            if result.truncated {
+                if truncated == 0 {
+                    reporter.warn(format!(
+                        "input {} is longer than the model window of {window} tokens and was truncated",
+                        record.index
+                    ));
+                }
+                truncated += 1;
+            }
+            let labels = &result.labels[..keep.min(result.labels.len())];
+            let Some(best) = labels.first() else {
+                return writer.error(record.index, "the model has no labels");
+            };
+            let json = ClassifyRecord {
+                index: record.index,
+                text: record.text.as_deref().unwrap_or_default(),
+                label: &best.label,
+                score: best.score,
+                labels,
+            };
+            writer.ok(&json, || {
+                labels
+                    .iter()
+                    .map(|l| format!("{}\t{:.4}", l.label, l.score))
+                    .collect::<Vec<_>>()
+                    .join("\t")
+            })
+        },
+    )?;
+    if truncated > 1 {
+        reporter.warn(format!(
+            "{truncated} inputs were truncated to {window} tokens"
+        ));
+    }
+    Ok(outcome)
+}
+
+fn download(args: DownloadArgs) -> anyhow::Result<Outcome> {
+    let reporter = Reporter::new(args.quiet);
+    let options = hub_options(&args.revision, false, &reporter);
+    if options.offline {
+        bail!("cannot download while offline (HF_HUB_OFFLINE is set)");
+    }
+    let repo = ModelRepo::open(&args.model, &options)?;
+    let config = repo.required(hub::CONFIG)?;
+    repo.required(hub::TOKENIZER)?;
+    for optional in [
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+    ] {
+        repo.optional(optional)?;
+    }
+    repo.weights()?;
+    let folder = config.parent().unwrap_or(&config);
+    println!("{}", folder.display());
+    Ok(Outcome::Success)
+}

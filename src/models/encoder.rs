@@ -1,0 +1,225 @@
+//! The post-LayerNorm transformer encoder shared by BERT, RoBERTa and DistilBERT. They differ
+//! only in weight names, position ids and token types, which the callers describe.
+//!
+//! Written here rather than taken from candle-transformers: its BERT and DistilBERT take
+//! opposite mask conventions, and its BERT cannot do RoBERTa's position ids.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+
+use super::layers::{self, Activation};
+use crate::tokenize::Batch;
+
+/// The shape of an encoder, whatever its config.json calls each field.
+#[derive(Debug, Clone)]
+pub struct EncoderConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub intermediate_size: usize,
+    pub activation: Activation,
+    pub max_positions: usize,
+    /// 0 when the model has no token-type embeddings.
+    pub type_vocab_size: usize,
+    pub layer_norm_eps: f64,
+    /// The padding token id, used to pad batches.
+    pub pad_id: u32,
+    pub positions: Positions,
+}
+
+/// How position ids are numbered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Positions {
+    /// 0, 1, 2, ... (BERT, DistilBERT).
+    FromZero,
+    /// Real tokens count up from `pad_id + 1` and padding sits at `pad_id` (RoBERTa).
+    AfterPadding { pad_id: u32 },
+}
+
+impl EncoderConfig {
+    /// The most tokens one input may have.
+    pub fn window(&self) -> usize {
+        match self.positions {
+            Positions::FromZero => self.max_positions,
+            Positions::AfterPadding { pad_id } => {
+                self.max_positions.saturating_sub(pad_id as usize + 1)
+            }
+        }
+    }
+}
+
+/// Where each weight lives, relative to the encoder's prefix.
+pub struct WeightNames {
+    pub embeddings: &'static str,
+    pub embedding_norm: &'static str,
+    pub layers: &'static str,
+    pub query: &'static str,
+    pub key: &'static str,
+    pub value: &'static str,
+    pub attention_out: &'static str,
+    pub attention_norm: &'static str,
+    pub ffn_in: &'static str,
+    pub ffn_out: &'static str,
+    pub ffn_norm: &'static str,
+}
+
+struct Embeddings {
+    words: Embedding,
+    positions: Embedding,
+    token_types: Option<Embedding>,
+    norm: LayerNorm,
+    numbering: Positions,
+}
+
+impl Embeddings {
+    fn load(vb: VarBuilder, cfg: &EncoderConfig, names: &WeightNames) -> Result<Self> {
+        let hidden = cfg.hidden_size;
+        let token_types = (cfg.type_vocab_size > 0)
+            .then(|| {
+                candle_nn::embedding(cfg.type_vocab_size, hidden, vb.pp("token_type_embeddings"))
+            })
+            .transpose()?;
+        Ok(Embeddings {
+            words: candle_nn::embedding(cfg.vocab_size, hidden, vb.pp("word_embeddings"))?,
+            positions: candle_nn::embedding(
+                cfg.max_positions,
+                hidden,
+                vb.pp("position_embeddings"),
+            )?,
+            token_types,
+            norm: layers::layer_norm(hidden, cfg.layer_norm_eps, vb.pp(names.embedding_norm))?,
+            numbering: cfg.positions,
+        })
+    }
+
+    fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        let ids = &batch.input_ids;
+        let (rows, seq) = ids.dims2()?;
+        let position_ids = match self.numbering {
+            Positions::FromZero => Tensor::arange(0u32, seq as u32, ids.device())?
+                .unsqueeze(0)?
+                .broadcast_as((rows, seq))?
+                .contiguous()?,
+            Positions::AfterPadding { pad_id } => {
+                // transformers counts non-pad tokens (by id, not by mask) from pad_id + 1.
+                let real = ids.ne(pad_id)?.to_dtype(DType::F32)?;
+                let counted = (real.cumsum(D::Minus1)? * &real)?;
+                (counted + f64::from(pad_id))?.to_dtype(DType::U32)?
+            }
+        };
+        let mut hidden = self
+            .words
+            .forward(ids)?
+            .add(&self.positions.forward(&position_ids)?)?;
+        if let Some(token_types) = &self.token_types {
+            hidden = hidden.add(&token_types.forward(&batch.token_type_ids)?)?;
+        }
+        self.norm.forward(&hidden)
+    }
+}
+
+struct SelfAttention {
+    qkv: Linear,
+    out: Linear,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl SelfAttention {
+    fn forward(&self, hidden: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let (rows, seq, width) = hidden.dims3()?;
+        let qkv = self
+            .qkv
+            .forward(hidden)?
+            .reshape((rows, seq, 3, self.num_heads, self.head_dim))?
+            .permute((2, 0, 3, 1, 4))?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let query = (qkv.get(0)? * scale)?.contiguous()?;
+        let key = qkv.get(1)?.contiguous()?;
+        let value = qkv.get(2)?.contiguous()?;
+        let scores = query.matmul(&key.t()?)?.broadcast_add(bias)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let context = probs
+            .matmul(&value)?
+            .transpose(1, 2)?
+            .reshape((rows, seq, width))?;
+        self.out.forward(&context)
+    }
+}
+
+struct Layer {
+    attention: SelfAttention,
+    attention_norm: LayerNorm,
+    ffn_in: Linear,
+    activation: Activation,
+    ffn_out: Linear,
+    ffn_norm: LayerNorm,
+}
+
+impl Layer {
+    fn load(vb: VarBuilder, cfg: &EncoderConfig, names: &WeightNames) -> Result<Self> {
+        let (hidden, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        let qkv = layers::fused_linear(
+            hidden,
+            &[hidden; 3],
+            &[vb.pp(names.query), vb.pp(names.key), vb.pp(names.value)],
+        )?;
+        Ok(Layer {
+            attention: SelfAttention {
+                qkv,
+                out: layers::linear(hidden, hidden, vb.pp(names.attention_out))?,
+                num_heads: cfg.num_heads,
+                head_dim: hidden / cfg.num_heads,
+            },
+            attention_norm: layers::layer_norm(hidden, eps, vb.pp(names.attention_norm))?,
+            ffn_in: layers::linear(hidden, cfg.intermediate_size, vb.pp(names.ffn_in))?,
+            activation: cfg.activation,
+            ffn_out: layers::linear(cfg.intermediate_size, hidden, vb.pp(names.ffn_out))?,
+            ffn_norm: layers::layer_norm(hidden, eps, vb.pp(names.ffn_norm))?,
+        })
+    }
+
+    fn forward(&self, hidden: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let attended = self.attention.forward(hidden, bias)?;
+        let hidden = self.attention_norm.forward(&(attended + hidden)?)?;
+        let inner = self.activation.forward(&self.ffn_in.forward(&hidden)?)?;
+        self.ffn_norm
+            .forward(&(self.ffn_out.forward(&inner)? + hidden)?)
+    }
+}
+
+pub struct Encoder {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+}
+
+impl Encoder {
+    /// Loads from `vb` rooted at the encoder's prefix (e.g. `bert`, `distilbert`).
+    pub fn load(vb: VarBuilder, cfg: &EncoderConfig, names: &WeightNames) -> Result<Self> {
+        if cfg.num_heads == 0 || cfg.hidden_size % cfg.num_heads != 0 {
+            candle_core::bail!(
+                "hidden size {} is not divisible by {} attention heads",
+                cfg.hidden_size,
+                cfg.num_heads
+            );
+        }
+        let layers_vb = vb.pp(names.layers);
+        Ok(Encoder {
+            embeddings: Embeddings::load(vb.pp(names.embeddings), cfg, names)?,
+            layers: (0..cfg.num_layers)
+                .map(|i| Layer::load(layers_vb.pp(i), cfg, names))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// The last hidden states, `(batch, seq, hidden)`.
+    pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        let mut hidden = self.embeddings.forward(batch)?;
+        let bias = layers::attention_bias(&batch.attention_mask, hidden.dtype())?;
+        for layer in &self.layers {
+            hidden = layer.forward(&hidden, &bias)?;
+        }
+        Ok(hidden)
+    }
+}

@@ -1,0 +1,299 @@
+//! Model architectures and the one registry that maps a checkpoint's config.json to them.
+//!
+//! The registry is consulted before any weights are read, so a checkpoint that cannot do the
+//! requested task is rejected with a pointer to the command that can.
+
+mod bert;
+mod distilbert;
+mod encoder;
+mod heads;
+mod layers;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use serde::de::DeserializeOwned;
+
+pub use encoder::{EncoderConfig, Positions};
+pub use heads::SequenceClassifier;
+
+use crate::error::{Error, Result};
+
+/// The command-line tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    Classify,
+    Generate,
+    Text2Text,
+    Embed,
+    FillMask,
+    Ner,
+    Qa,
+}
+
+impl Task {
+    pub fn command(self) -> &'static str {
+        match self {
+            Task::Classify => "classify",
+            Task::Generate => "generate",
+            Task::Text2Text => "text2text",
+            Task::Embed => "embed",
+            Task::FillMask => "fill-mask",
+            Task::Ner => "ner",
+            Task::Qa => "qa",
+        }
+    }
+
+    /// The task a transformers class name implies, by its conventional suffix.
+    fn from_architecture(architecture: &str) -> Option<Task> {
+        const SUFFIXES: [(&str, Task); 8] = [
+            ("ForSequenceClassification", Task::Classify),
+            ("ForTokenClassification", Task::Ner),
+            ("ForQuestionAnswering", Task::Qa),
+            ("ForMaskedLM", Task::FillMask),
+            ("ForConditionalGeneration", Task::Text2Text),
+            ("ForCausalLM", Task::Generate),
+            ("LMHeadModel", Task::Generate),
+            ("Model", Task::Embed),
+        ];
+        SUFFIXES
+            .iter()
+            .find(|(suffix, _)| architecture.ends_with(suffix))
+            .map(|&(_, task)| task)
+    }
+}
+
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.command())
+    }
+}
+
+/// Architecture families: one implementation each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Bert,
+    Roberta,
+    DistilBert,
+}
+
+struct Entry {
+    architecture: &'static str,
+    family: Family,
+    task: Task,
+}
+
+const REGISTRY: &[Entry] = &[
+    Entry {
+        architecture: "BertForSequenceClassification",
+        family: Family::Bert,
+        task: Task::Classify,
+    },
+    Entry {
+        architecture: "DistilBertForSequenceClassification",
+        family: Family::DistilBert,
+        task: Task::Classify,
+    },
+    Entry {
+        architecture: "RobertaForSequenceClassification",
+        family: Family::Roberta,
+        task: Task::Classify,
+    },
+];
+
+/// A parsed config.json and what the registry says about it.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub path: PathBuf,
+    pub architecture: String,
+    pub family: Family,
+    pub task: Task,
+    json: serde_json::Value,
+}
+
+impl ModelConfig {
+    /// Reads config.json and finds a registered architecture for `task`.
+    pub fn load(path: &Path, task: Task) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| Error::Json {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let architectures: Vec<String> = json
+            .get("architectures")
+            .and_then(|value| serde_json::from_value(value.clone()).ok())
+            .unwrap_or_default();
+        let model_type = json.get("model_type").and_then(|v| v.as_str());
+        if let Some(entry) = REGISTRY
+            .iter()
+            .find(|e| e.task == task && architectures.iter().any(|a| a == e.architecture))
+        {
+            return Ok(ModelConfig {
+                path: path.to_path_buf(),
+                architecture: entry.architecture.to_string(),
+                family: entry.family,
+                task,
+                json,
+            });
+        }
+        let architecture = architectures
+            .first()
+            .cloned()
+            .or_else(|| model_type.map(|t| format!("model of type `{t}`")))
+            .unwrap_or_else(|| "model with no `architectures` or `model_type`".to_string());
+        Err(mismatch(&architecture, &architectures, task))
+    }
+
+    /// Deserializes the architecture-specific fields, with transformers' defaults.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.json.clone())
+            .map_err(|e| Error::config(&self.path, format!("malformed config: {e}")))
+    }
+}
+
+/// The encoder shape of a BERT-family checkpoint.
+pub fn encoder_config(config: &ModelConfig) -> Result<EncoderConfig> {
+    match config.family {
+        Family::Bert | Family::Roberta => bert::encoder_config(config),
+        Family::DistilBert => distilbert::encoder_config(config),
+    }
+}
+
+/// Memory-maps safetensors files. Each file is checked on its own first, so that a truncated
+/// or corrupt one is named.
+pub fn mmap_weights(
+    paths: &[PathBuf],
+    dtype: DType,
+    device: &Device,
+) -> Result<VarBuilder<'static>> {
+    for path in paths {
+        // SAFETY: the mapping is read-only; like every mmap user we rely on the file not being
+        // truncated underneath us while it is open.
+        unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|source| {
+            Error::Weights {
+                path: path.clone(),
+                source,
+            }
+        })?;
+    }
+    // SAFETY: as above.
+    Ok(unsafe { VarBuilder::from_mmaped_safetensors(paths, dtype, device) }?)
+}
+
+/// Builds a sequence classifier for a registered `*ForSequenceClassification` checkpoint.
+pub fn load_sequence_classifier(
+    config: &ModelConfig,
+    encoder_config: &EncoderConfig,
+    num_labels: usize,
+    vb: VarBuilder,
+) -> Result<SequenceClassifier> {
+    let (prefix, weights, head) = match config.family {
+        Family::Bert => ("bert", &bert::WEIGHTS, &bert::BERT_CLASSIFIER),
+        Family::Roberta => ("roberta", &bert::WEIGHTS, &bert::ROBERTA_CLASSIFIER),
+        Family::DistilBert => ("distilbert", &distilbert::WEIGHTS, &distilbert::CLASSIFIER),
+    };
+    let build = || {
+        let encoder = encoder::Encoder::load(vb.pp(prefix), encoder_config, weights)?;
+        SequenceClassifier::new(
+            encoder,
+            vb.clone(),
+            head,
+            encoder_config.hidden_size,
+            num_labels,
+        )
+    };
+    build().map_err(Error::WeightLayout)
+}
+
+/// The error for a checkpoint the registry has no entry for under `task`.
+fn mismatch(architecture: &str, architectures: &[String], task: Task) -> Error {
+    let registered = architectures
+        .iter()
+        .find_map(|a| REGISTRY.iter().find(|e| e.architecture == a))
+        .map(|e| e.task);
+    let other_task = registered.or_else(|| {
+        architectures
+            .iter()
+            .find_map(|a| Task::from_architecture(a))
+    });
+    match other_task {
+        Some(other) if other != task => Error::WrongTask {
+            architecture: architecture.to_string(),
+            wanted: task.command(),
+            suggestion: if registered.is_some() {
+                format!("; try `llmx {other}`")
+            } else {
+                format!(" (it is a {other} model, which llmx does not support yet)")
+            },
+        },
+        _ => Error::UnsupportedArchitecture {
+            architecture: architecture.to_string(),
+            supported: supported_for(task),
+        },
+    }
+}
+
+fn supported_for(task: Task) -> String {
+    let names: Vec<&str> = REGISTRY
+        .iter()
+        .filter(|e| e.task == task)
+        .map(|e| e.architecture)
+        .collect();
+    format!("for `llmx {task}`: {}", names.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_with(json: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), json).unwrap();
+        file
+    }
+
+    #[test]
+    fn finds_registered_classifiers() {
+        let file = config_with(r#"{"architectures":["RobertaForSequenceClassification"]}"#);
+        let config = ModelConfig::load(file.path(), Task::Classify).unwrap();
+        assert_eq!(config.family, Family::Roberta);
+    }
+
+    #[test]
+    fn a_generator_is_pointed_elsewhere() {
+        let file = config_with(r#"{"architectures":["T5ForConditionalGeneration"]}"#);
+        let err = ModelConfig::load(file.path(), Task::Classify).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("T5ForConditionalGeneration"), "{message}");
+        assert!(message.contains("text2text"), "{message}");
+    }
+
+    #[test]
+    fn a_base_model_has_no_classification_head() {
+        let file = config_with(r#"{"architectures":["BertModel"],"model_type":"bert"}"#);
+        let err = ModelConfig::load(file.path(), Task::Classify).unwrap_err();
+        assert!(matches!(err, Error::WrongTask { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_architecture_lists_what_is_supported() {
+        let file = config_with(r#"{"architectures":["MambaForSequenceClassification"]}"#);
+        let message = ModelConfig::load(file.path(), Task::Classify)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("DistilBertForSequenceClassification"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn malformed_json_is_reported_with_its_path() {
+        let file = config_with("{not json");
+        let err = ModelConfig::load(file.path(), Task::Classify).unwrap_err();
+        assert!(matches!(err, Error::Json { .. }), "{err}");
+    }
+}

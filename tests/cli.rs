@@ -1,0 +1,485 @@
+//! Runs the built `llmx` binary: JSON records, human output, exit codes, stderr messages, and
+//! model resolution from local folders and an offline Hugging Face cache built here from the
+//! fixtures. Nothing here touches the network.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// `llmx` with an empty, offline hub cache, so no test can reach the network.
+fn llmx(cache: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_llmx"));
+    command
+        .env("HF_HUB_CACHE", cache)
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("HF_HOME")
+        .stdin(Stdio::null());
+    command
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().expect("llmx runs")
+}
+
+fn run_with_stdin(command: &mut Command, stdin: &[u8]) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("llmx starts");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn json_lines(output: &Output) -> Vec<Value> {
+    String::from_utf8(output.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+        .collect()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The label and score transformers' pipeline ranks first for `text` on a fixture.
+fn transformers_top(name: &str, text: &str) -> (String, f64) {
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture(name).join("expected.json")).unwrap(),
+    )
+    .unwrap();
+    let case = expected["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|case| case["text"] == text)
+        .unwrap();
+    let top = &case["pipeline"][0];
+    (
+        top["label"].as_str().unwrap().to_string(),
+        top["score"].as_f64().unwrap(),
+    )
+}
+
+/// A copy of a fixture folder that a test may break.
+fn copy_fixture(name: &str, into: &Path) -> PathBuf {
+    let dir = into.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    dir
+}
+
+/// A huggingface_hub cache tree (blobs, refs/main, snapshots/<commit>) holding a fixture.
+fn cache_with(cache: &Path, repo_id: &str, name: &str, commit: &str) {
+    let repo = cache.join(format!("models--{}", repo_id.replace('/', "--")));
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    for (i, entry) in std::fs::read_dir(fixture(name)).unwrap().enumerate() {
+        let entry = entry.unwrap();
+        let blob = repo.join("blobs").join(format!("blob{i:04}"));
+        std::fs::copy(entry.path(), &blob).unwrap();
+        let link = snapshot.join(entry.file_name());
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(
+            Path::new("../../blobs").join(blob.file_name().unwrap()),
+            &link,
+        )
+        .unwrap();
+        #[cfg(not(unix))]
+        std::fs::copy(&blob, &link).unwrap();
+    }
+}
+
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+#[test]
+fn classify_json_matches_transformers() {
+    let cache = tempfile::tempdir().unwrap();
+    let texts = ["Hello, my dog is cute", "I hate this movie."];
+    let output = run(llmx(cache.path())
+        .args(["classify", "--json", "--model"])
+        .arg(fixture("distilbert-cls2"))
+        .args(texts));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let records = json_lines(&output);
+    assert_eq!(records.len(), 2);
+    for (index, (record, text)) in records.iter().zip(texts).enumerate() {
+        let (label, score) = transformers_top("distilbert-cls2", text);
+        assert_eq!(record["index"], index);
+        assert_eq!(record["text"], text);
+        assert_eq!(record["label"], label.as_str());
+        assert!((record["score"].as_f64().unwrap() - score).abs() < 1e-4);
+        let labels = record["labels"].as_array().unwrap();
+        assert_eq!(labels.len(), 1, "top-k defaults to 1");
+        assert_eq!(labels[0]["label"], label.as_str());
+    }
+}
+
+#[test]
+fn top_k_and_all_list_labels_best_first() {
+    let cache = tempfile::tempdir().unwrap();
+    for (flags, count) in [
+        (&["--top-k", "2"][..], 2),
+        (&["--all"][..], 3),
+        (&["--top-k", "9"][..], 3),
+    ] {
+        let output = run(llmx(cache.path())
+            .args(["classify", "--json", "--model"])
+            .arg(fixture("bert-cls3"))
+            .args(flags)
+            .arg("Hello, my dog is cute"));
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        let labels = json_lines(&output)[0]["labels"].as_array().unwrap().clone();
+        assert_eq!(labels.len(), count, "{flags:?}");
+        let scores: Vec<f64> = labels
+            .iter()
+            .map(|l| l["score"].as_f64().unwrap())
+            .collect();
+        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    }
+}
+
+#[test]
+fn human_output_is_one_line_per_input() {
+    let cache = tempfile::tempdir().unwrap();
+    let output = run(llmx(cache.path())
+        .args(["classify", "--model"])
+        .arg(fixture("distilbert-cls2"))
+        .args(["Hello, my dog is cute", "I hate this movie."]));
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2);
+    let (label, _) = transformers_top("distilbert-cls2", "Hello, my dog is cute");
+    assert!(lines[0].starts_with(&format!("{label}\t")), "{}", lines[0]);
+}
+
+#[test]
+fn a_bad_line_fails_alone_with_exit_1() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("lines.txt");
+    std::fs::write(
+        &input,
+        b"Hello, my dog is cute\nbad \xff\xfe byte\n\nI hate this movie.\n",
+    )
+    .unwrap();
+    let output = run(llmx(cache.path())
+        .args(["classify", "--json", "--model"])
+        .arg(fixture("roberta-cls3"))
+        .arg("--input")
+        .arg(&input));
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let records = json_lines(&output);
+    assert_eq!(records.len(), 4);
+    let indexes: Vec<u64> = records
+        .iter()
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indexes, [0, 1, 2, 3]);
+    assert!(records[1]["error"].as_str().unwrap().contains("UTF-8"));
+    assert!(records[1].get("label").is_none());
+    assert_eq!(
+        records[2]["text"], "",
+        "an empty line is a record like any other"
+    );
+    assert!(records[3]["label"].is_string());
+}
+
+#[test]
+fn stdin_is_read_when_no_text_is_given() {
+    let cache = tempfile::tempdir().unwrap();
+    let output = run_with_stdin(
+        llmx(cache.path())
+            .args(["classify", "--json", "--batch-size", "2", "--model"])
+            .arg(fixture("bert-cls3")),
+        b"one\ntwo\nthree\n",
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let texts: Vec<String> = json_lines(&output)
+        .iter()
+        .map(|r| r["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(texts, ["one", "two", "three"]);
+}
+
+#[test]
+fn over_long_input_is_truncated_with_a_warning() {
+    let cache = tempfile::tempdir().unwrap();
+    let long = "the cat sat on the mat ".repeat(100);
+    let output = run(llmx(cache.path())
+        .args(["classify", "--json", "--model"])
+        .arg(fixture("bert-cls3"))
+        .arg(&long));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stderr(&output).contains("truncated"), "{}", stderr(&output));
+    let quiet = run(llmx(cache.path())
+        .args(["classify", "--quiet", "--model"])
+        .arg(fixture("bert-cls3"))
+        .arg(&long));
+    assert!(quiet.stderr.is_empty(), "--quiet silences warnings");
+}
+
+#[test]
+fn resolves_hub_ids_from_the_offline_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    cache_with(
+        cache.path(),
+        "test-org/tiny-distilbert",
+        "distilbert-cls2",
+        COMMIT,
+    );
+    let (label, _) = transformers_top("distilbert-cls2", "Hello, my dog is cute");
+
+    // HF_HUB_CACHE with --offline, by branch and by commit.
+    for revision in ["main", COMMIT] {
+        let output = run(llmx(cache.path())
+            .env_remove("HF_HUB_OFFLINE")
+            .args(["classify", "--json", "--offline", "--revision", revision])
+            .args([
+                "--model",
+                "test-org/tiny-distilbert",
+                "Hello, my dog is cute",
+            ]));
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        assert_eq!(json_lines(&output)[0]["label"], label.as_str());
+    }
+
+    // HF_HOME/hub with HF_HUB_OFFLINE=1.
+    let home = tempfile::tempdir().unwrap();
+    cache_with(
+        &home.path().join("hub"),
+        "test-org/tiny-distilbert",
+        "distilbert-cls2",
+        COMMIT,
+    );
+    let output = run(llmx(cache.path())
+        .env_remove("HF_HUB_CACHE")
+        .env("HF_HOME", home.path())
+        .args([
+            "classify",
+            "--json",
+            "--model",
+            "test-org/tiny-distilbert",
+            "Hello, my dog is cute",
+        ]));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}
+
+#[test]
+fn offline_cache_miss_names_the_file_and_the_fix() {
+    let cache = tempfile::tempdir().unwrap();
+    let output = run(llmx(cache.path()).args(["classify", "--model", "test-org/absent", "hi"]));
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(message.contains("config.json"), "{message}");
+    assert!(
+        message.contains("llmx download test-org/absent"),
+        "{message}"
+    );
+    assert!(message.contains("--model DIR"), "{message}");
+
+    // A cached config without weights: the weights file is named.
+    let dir = tempfile::tempdir().unwrap();
+    let partial = copy_fixture("bert-cls3", dir.path());
+    std::fs::remove_file(partial.join("model.safetensors")).unwrap();
+    let repo = cache.path().join("models--test-org--partial");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), COMMIT).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots")).unwrap();
+    std::fs::rename(&partial, repo.join("snapshots").join(COMMIT)).unwrap();
+    let output = run(llmx(cache.path()).args(["classify", "--model", "test-org/partial", "hi"]));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("model.safetensors"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn sharded_weights_load() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sharded = copy_fixture("bert-cls3", dir.path());
+    let tensors = candle_core::safetensors::load(
+        sharded.join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    std::fs::remove_file(sharded.join("model.safetensors")).unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (shard, chunk) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", shard + 1);
+        let part: std::collections::HashMap<String, candle_core::Tensor> = chunk
+            .iter()
+            .map(|&n| (n.clone(), tensors[n].clone()))
+            .collect();
+        candle_core::safetensors::save(&part, sharded.join(&file)).unwrap();
+        for name in chunk {
+            weight_map.insert((*name).clone(), file.clone().into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        sharded.join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+
+    let text = "Hello, my dog is cute";
+    let output = run(llmx(cache.path())
+        .args(["classify", "--json", "--model"])
+        .arg(&sharded)
+        .arg(text));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let (label, score) = transformers_top("bert-cls3", text);
+    let record = &json_lines(&output)[0];
+    assert_eq!(record["label"], label.as_str());
+    assert!((record["score"].as_f64().unwrap() - score).abs() < 1e-4);
+}
+
+/// Breaks a copied checkpoint folder.
+type Damage = fn(&Path);
+
+/// Each broken checkpoint is one clear error (exit 2) that names the problem.
+#[test]
+fn broken_checkpoints_fail_clearly() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, Damage, &str); 7] = [
+        (
+            "truncated weights",
+            (|d: &Path| {
+                let weights = std::fs::read(d.join("model.safetensors")).unwrap();
+                std::fs::write(d.join("model.safetensors"), &weights[..weights.len() / 2]).unwrap();
+            }),
+            "truncated or corrupt",
+        ),
+        (
+            "malformed config",
+            (|d: &Path| std::fs::write(d.join("config.json"), "{\"architectures\": [").unwrap()),
+            "not valid JSON",
+        ),
+        (
+            "missing tokenizer",
+            (|d: &Path| std::fs::remove_file(d.join("tokenizer.json")).unwrap()),
+            "tokenizer.json",
+        ),
+        (
+            "pickle weights only",
+            (|d: &Path| {
+                std::fs::rename(d.join("model.safetensors"), d.join("pytorch_model.bin")).unwrap()
+            }),
+            "pytorch_model.bin",
+        ),
+        (
+            "unsupported architecture",
+            (|d: &Path| {
+                std::fs::write(
+                    d.join("config.json"),
+                    r#"{"architectures":["MambaForSequenceClassification"],"model_type":"mamba"}"#,
+                )
+                .unwrap()
+            }),
+            "BertForSequenceClassification",
+        ),
+        (
+            "a text-to-text checkpoint",
+            (|d: &Path| {
+                std::fs::write(
+                    d.join("config.json"),
+                    r#"{"architectures":["T5ForConditionalGeneration"],"model_type":"t5"}"#,
+                )
+                .unwrap()
+            }),
+            "text2text",
+        ),
+        (
+            "a wrong head size",
+            (|d: &Path| {
+                let path = d.join("config.json");
+                let mut config: Value =
+                    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+                config["id2label"] =
+                    serde_json::json!({"0": "a", "1": "b", "2": "c", "3": "d", "4": "e"});
+                std::fs::write(&path, config.to_string()).unwrap();
+            }),
+            "classifier",
+        ),
+    ];
+    for (i, (what, damage, needle)) in cases.into_iter().enumerate() {
+        let broken = copy_fixture("bert-cls3", &dir.path().join(i.to_string()));
+        damage(&broken);
+        let output = run(llmx(cache.path())
+            .args(["classify", "--model"])
+            .arg(&broken)
+            .arg("hi"));
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{what}: {message}");
+        assert!(message.contains(needle), "{what}: {message}");
+        assert!(!message.contains("panicked"), "{what}: {message}");
+        assert!(output.stdout.is_empty(), "{what}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let cache = tempfile::tempdir().unwrap();
+    let model = fixture("bert-cls3");
+    for args in [
+        vec!["classify", "--top-k", "0", "hi"],
+        vec!["classify", "--device", "gpu", "hi"],
+        vec!["classify", "--batch-size", "0", "hi"],
+        vec!["classify", "--bogus", "hi"],
+    ] {
+        let output = run(llmx(cache.path()).args(&args).arg("--model").arg(&model));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+    let missing = run(llmx(cache.path()).args(["classify", "--model", "./no/such/dir", "hi"]));
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        stderr(&missing).contains("no such model folder"),
+        "{}",
+        stderr(&missing)
+    );
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_device_this_build_lacks_names_the_feature() {
+    let cache = tempfile::tempdir().unwrap();
+    let output = run(llmx(cache.path())
+        .args(["classify", "--device", "cuda", "--model"])
+        .arg(fixture("bert-cls3"))
+        .arg("hi"));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("--features cuda"),
+        "{}",
+        stderr(&output)
+    );
+}
