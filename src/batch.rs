@@ -178,13 +178,17 @@ where
     Ok(summary)
 }
 
-/// An error and its causes on one line.
+/// An error and its causes on one line. A cause whose text an outer message already
+/// includes is not repeated.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
         source = cause.source();
     }
     message

@@ -42,12 +42,10 @@ pub enum Error {
         cache: PathBuf,
     },
 
-    #[error(
-        "could not fetch {model} from the Hugging Face hub; check the network and the model id, \
-         or use a local folder with --model DIR, or a cached model with --offline"
-    )]
+    #[error("could not fetch {model} from the Hugging Face hub: {problem}")]
     Hub {
         model: String,
+        problem: &'static str,
         #[source]
         source: Box<hf_hub::api::sync::ApiError>,
     },

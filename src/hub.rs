@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hf_hub::api::sync::{ApiBuilder, ApiRepo};
+use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
 use hf_hub::{Repo, RepoType};
 
 use crate::error::{Error, Result};
@@ -111,15 +111,16 @@ impl ModelRepo {
             ));
         }
         let name = model.to_string();
+        let from_cache = || ModelRepo {
+            source: Source::Cache {
+                snapshot: cached_snapshot(&options.cache_dir, model, &options.revision),
+                cache_dir: options.cache_dir.clone(),
+                revision: options.revision.clone(),
+            },
+            name: name.clone(),
+        };
         if options.offline {
-            return Ok(ModelRepo {
-                source: Source::Cache {
-                    snapshot: cached_snapshot(&options.cache_dir, model, &options.revision),
-                    cache_dir: options.cache_dir.clone(),
-                    revision: options.revision.clone(),
-                },
-                name,
-            });
+            return Ok(from_cache());
         }
         let mut builder = ApiBuilder::from_cache(hf_hub::Cache::new(options.cache_dir.clone()))
             .with_token(options.token.clone())
@@ -128,17 +129,18 @@ impl ModelRepo {
         if let Some(endpoint) = &options.endpoint {
             builder = builder.with_endpoint(endpoint.clone());
         }
-        let hub_error = |source| Error::Hub {
-            model: name.clone(),
-            source: Box::new(source),
-        };
-        let api = builder.build().map_err(hub_error)?;
+        let api = builder.build().map_err(|e| hub_error(model, e))?;
         let repo = api.repo(Repo::with_revision(
             name.clone(),
             RepoType::Model,
             options.revision.clone(),
         ));
-        let info = repo.info().map_err(hub_error)?;
+        let info = match repo.info() {
+            Ok(info) => info,
+            // Like huggingface_hub: with the hub out of reach, a cached copy still serves.
+            Err(e) if is_unreachable(&e) && from_cache().cached() => return Ok(from_cache()),
+            Err(e) => return Err(hub_error(model, e)),
+        };
         let files = info.siblings.into_iter().map(|s| s.rfilename).collect();
         Ok(ModelRepo {
             name,
@@ -148,6 +150,17 @@ impl ModelRepo {
                 revision: options.revision.clone(),
             },
         })
+    }
+
+    /// True when the files come from a cached snapshot.
+    fn cached(&self) -> bool {
+        matches!(
+            &self.source,
+            Source::Cache {
+                snapshot: Some(_),
+                ..
+            }
+        )
     }
 
     /// The model as the user named it.
@@ -185,10 +198,9 @@ impl ModelRepo {
                 if !files.iter().any(|name| name == file) {
                     return Ok(None);
                 }
-                repo.get(file).map(Some).map_err(|source| Error::Hub {
-                    model: self.name.clone(),
-                    source: Box::new(source),
-                })
+                repo.get(file)
+                    .map(Some)
+                    .map_err(|e| hub_error(&self.name, e))
             }
         }
     }
@@ -238,6 +250,34 @@ impl ModelRepo {
             }
         }
         Err(self.missing(SAFETENSORS))
+    }
+}
+
+fn is_unreachable(error: &ApiError) -> bool {
+    matches!(error, ApiError::RequestError(e) if matches!(**e, ureq::Error::Transport(_)))
+}
+
+/// A hub failure, with what the user can do about it.
+fn hub_error(model: &str, error: ApiError) -> Error {
+    let problem = match &error {
+        ApiError::RequestError(e) => match **e {
+            ureq::Error::Status(401 | 403, _) => {
+                "access denied; gated and private models need a token in HF_TOKEN"
+            }
+            ureq::Error::Status(404, _) => "no such model or revision; check the id and --revision",
+            ureq::Error::Status(..) => "the hub answered with an error; try again later",
+            ureq::Error::Transport(_) => {
+                "the hub cannot be reached; check the network, or use --model DIR for a local \
+                 folder, or --offline for a model already in the cache"
+            }
+        },
+        ApiError::IoError(_) => "cannot write to the cache folder (HF_HUB_CACHE / HF_HOME)",
+        _ => "the download failed; try again",
+    };
+    Error::Hub {
+        model: model.to_string(),
+        problem,
+        source: Box::new(error),
     }
 }
 

@@ -282,6 +282,42 @@ fn resolves_hub_ids_from_the_offline_cache() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
 }
 
+/// A hub endpoint that refuses connections: "no network" without depending on the network.
+const UNREACHABLE_HUB: &str = "http://127.0.0.1:9";
+
+#[test]
+fn an_unreachable_hub_falls_back_to_the_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    cache_with(cache.path(), "test-org/tiny-bert", "bert-cls3", COMMIT);
+    let output = run(llmx(cache.path())
+        .env_remove("HF_HUB_OFFLINE")
+        .env("HF_ENDPOINT", UNREACHABLE_HUB)
+        .args([
+            "classify",
+            "--json",
+            "--model",
+            "test-org/tiny-bert",
+            "Hello, my dog is cute",
+        ]));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let (label, _) = transformers_top("bert-cls3", "Hello, my dog is cute");
+    assert_eq!(json_lines(&output)[0]["label"], label.as_str());
+}
+
+#[test]
+fn an_unreachable_hub_points_to_local_folders_and_the_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let output = run(llmx(cache.path())
+        .env_remove("HF_HUB_OFFLINE")
+        .env("HF_ENDPOINT", UNREACHABLE_HUB)
+        .args(["classify", "Hello, my dog is cute"]));
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(message.contains("cannot be reached"), "{message}");
+    assert!(message.contains("--model DIR"), "{message}");
+    assert!(message.contains("--offline"), "{message}");
+}
+
 #[test]
 fn offline_cache_miss_names_the_file_and_the_fix() {
     let cache = tempfile::tempdir().unwrap();

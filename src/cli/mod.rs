@@ -7,7 +7,7 @@ mod output;
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{CommandFactory, Parser};
 use serde::Serialize;
 
@@ -136,8 +136,7 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<Outcome> {
         .model
         .as_deref()
         .unwrap_or(classify::DEFAULT_MODEL);
-    let classifier = Classifier::load(model, &load_options(&args.model, &args.device, &reporter))
-        .with_context(|| format!("cannot load {model}"))?;
+    let classifier = Classifier::load(model, &load_options(&args.model, &args.device, &reporter))?;
     let keep = if args.all {
         usize::MAX
     } else {
