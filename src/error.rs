@@ -92,6 +92,9 @@ pub enum Error {
     #[error("{0}")]
     Device(String),
 
+    #[error("{0}")]
+    Generation(String),
+
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
 }

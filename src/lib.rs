@@ -16,6 +16,7 @@ pub mod batch;
 pub mod cli;
 pub mod device;
 mod error;
+pub mod generation;
 pub mod hub;
 pub mod models;
 pub mod tasks;

@@ -16,9 +16,10 @@ pub struct Encoding {
     pub truncated: bool,
 }
 
-/// Where padding goes: encoders pad on the right, decoder-only generation on the left.
+/// Which end padding goes on, or truncation cuts from: encoders pad and truncate on the
+/// right; decoder-only generation pads on the left and keeps a prompt's end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PadSide {
+pub enum Side {
     Right,
     Left,
 }
@@ -37,12 +38,7 @@ pub struct Batch {
 }
 
 impl Batch {
-    pub fn new(
-        encodings: &[&Encoding],
-        pad_id: u32,
-        side: PadSide,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn new(encodings: &[&Encoding], pad_id: u32, side: Side, device: &Device) -> Result<Self> {
         let rows = encodings.len();
         let width = encodings.iter().map(|e| e.ids.len()).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(rows * width);
@@ -55,13 +51,13 @@ impl Batch {
                 types.extend(std::iter::repeat_n(0, padding));
                 mask.extend(std::iter::repeat_n(0, padding));
             };
-            if side == PadSide::Left {
+            if side == Side::Left {
                 pad(&mut ids, &mut types, &mut mask);
             }
             ids.extend_from_slice(&encoding.ids);
             types.extend_from_slice(&encoding.type_ids);
             mask.extend(std::iter::repeat_n(1, encoding.ids.len()));
-            if side == PadSide::Right {
+            if side == Side::Right {
                 pad(&mut ids, &mut types, &mut mask);
             }
         }
@@ -84,8 +80,8 @@ pub struct TextEncoder {
 
 impl TextEncoder {
     /// Loads `tokenizer.json`; inputs longer than `window` tokens (special tokens included)
-    /// are truncated on the right, as transformers does with `truncation=True`.
-    pub fn load(path: &Path, window: usize, pad_id: Option<u32>) -> Result<Self> {
+    /// are cut from the `truncate` side, as transformers does with `truncation=True`.
+    pub fn load(path: &Path, window: usize, pad_id: Option<u32>, truncate: Side) -> Result<Self> {
         let mut tokenizer = Tokenizer::from_file(path).map_err(|source| Error::Tokenizer {
             path: path.to_path_buf(),
             source,
@@ -99,7 +95,10 @@ impl TextEncoder {
                 max_length: window,
                 strategy: TruncationStrategy::LongestFirst,
                 stride: 0,
-                direction: TruncationDirection::Right,
+                direction: match truncate {
+                    Side::Right => TruncationDirection::Right,
+                    Side::Left => TruncationDirection::Left,
+                },
             }))
             .map_err(|source| Error::Tokenizer {
                 path: path.to_path_buf(),
@@ -140,6 +139,57 @@ impl TextEncoder {
             .map(convert)
             .map_err(|e| Error::Encode(e.to_string()))
     }
+
+    /// Text for `ids`, special tokens skipped, as transformers' `decode(skip_special_tokens=True)`.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| Error::Encode(format!("cannot decode tokens: {e}")))
+    }
+}
+
+/// Incremental detokenization: text is released only once it is whole, so a character that
+/// byte-level BPE splits across tokens is never printed in halves.
+#[derive(Debug, Default, Clone)]
+pub struct DecodeStream {
+    ids: Vec<u32>,
+    /// Start of the tokens decoded together for context (leading spaces depend on it).
+    prefix: usize,
+    /// End of the tokens whose text has been released.
+    read: usize,
+}
+
+impl DecodeStream {
+    /// Adds a token; returns the text it completes, if any.
+    pub fn push(&mut self, text: &TextEncoder, id: u32) -> Result<Option<String>> {
+        self.ids.push(id);
+        let released = text.decode(&self.ids[self.prefix..self.read])?;
+        let current = text.decode(&self.ids[self.prefix..])?;
+        if current.len() <= released.len() || current.ends_with('\u{FFFD}') {
+            return Ok(None);
+        }
+        let Some(new) = current.get(released.len()..) else {
+            return Ok(None);
+        };
+        self.prefix = self.read;
+        self.read = self.ids.len();
+        Ok(Some(new.to_string()))
+    }
+
+    /// Whatever is still held back (an incomplete character at the very end).
+    pub fn finish(&mut self, text: &TextEncoder) -> Result<Option<String>> {
+        if self.read == self.ids.len() {
+            return Ok(None);
+        }
+        let released = text.decode(&self.ids[self.prefix..self.read])?;
+        let current = text.decode(&self.ids[self.prefix..])?;
+        self.prefix = self.read;
+        self.read = self.ids.len();
+        Ok(current
+            .get(released.len()..)
+            .map(str::to_string)
+            .filter(|s| !s.is_empty()))
+    }
 }
 
 fn convert(encoding: tokenizers::Encoding) -> Encoding {
@@ -165,13 +215,13 @@ mod tests {
     #[test]
     fn pads_on_the_requested_side() -> Result<()> {
         let (a, b) = (encoding(&[5, 6, 7]), encoding(&[8]));
-        let right = Batch::new(&[&a, &b], 9, PadSide::Right, &Device::Cpu)?;
+        let right = Batch::new(&[&a, &b], 9, Side::Right, &Device::Cpu)?;
         assert_eq!(right.input_ids.to_vec2::<u32>()?, [[5, 6, 7], [8, 9, 9]]);
         assert_eq!(
             right.attention_mask.to_vec2::<u32>()?,
             [[1, 1, 1], [1, 0, 0]]
         );
-        let left = Batch::new(&[&a, &b], 9, PadSide::Left, &Device::Cpu)?;
+        let left = Batch::new(&[&a, &b], 9, Side::Left, &Device::Cpu)?;
         assert_eq!(left.input_ids.to_vec2::<u32>()?, [[5, 6, 7], [9, 9, 8]]);
         assert_eq!(
             left.attention_mask.to_vec2::<u32>()?,

@@ -519,3 +519,153 @@ fn a_device_this_build_lacks_names_the_feature() {
         stderr(&output)
     );
 }
+
+/// transformers' greedy continuation of `prompt` on the GPT-2 fixture.
+fn transformers_greedy(prompt: &str) -> (Vec<u64>, String) {
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("gpt2-tiny").join("expected.json")).unwrap(),
+    )
+    .unwrap();
+    let case = expected["greedy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|case| case["prompt"] == prompt && case["repetition_penalty"].is_null())
+        .unwrap();
+    let ids = case["new_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_u64().unwrap())
+        .collect();
+    (ids, case["completion"].as_str().unwrap().to_string())
+}
+
+const PROMPT: &str = "Hello, my dog is cute and";
+
+#[test]
+fn generate_greedy_matches_transformers() {
+    let cache = tempfile::tempdir().unwrap();
+    let (ids, completion) = transformers_greedy(PROMPT);
+    let output = run(llmx(cache.path())
+        .args([
+            "generate",
+            "--json",
+            "--greedy",
+            "--max-new-tokens",
+            "20",
+            "--model",
+        ])
+        .arg(fixture("gpt2-tiny"))
+        .arg(PROMPT));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let record = &json_lines(&output)[0];
+    assert_eq!(record["index"], 0);
+    assert_eq!(record["prompt"], PROMPT);
+    assert_eq!(record["completion"], completion.as_str());
+    let got: Vec<u64> = record["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_u64().unwrap())
+        .collect();
+    assert_eq!(got, ids);
+    assert_eq!(record["finish_reason"], "length");
+
+    // Human output is the prompt and its continuation, streamed or not.
+    for stream in [false, true] {
+        let mut command = llmx(cache.path());
+        command
+            .args(["generate", "--greedy", "--max-new-tokens", "20", "--model"])
+            .arg(fixture("gpt2-tiny"))
+            .arg(PROMPT);
+        if stream {
+            command.arg("--stream");
+        }
+        let output = run(&mut command);
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        assert_eq!(
+            String::from_utf8(output.stdout).unwrap(),
+            format!("{PROMPT}{completion}\n")
+        );
+    }
+}
+
+#[test]
+fn generate_stop_strings_and_seeds() {
+    let cache = tempfile::tempdir().unwrap();
+    let (_, completion) = transformers_greedy(PROMPT);
+    let stop = completion.split_whitespace().nth(2).unwrap();
+    let output = run(llmx(cache.path())
+        .args([
+            "generate",
+            "--json",
+            "--greedy",
+            "--max-new-tokens",
+            "20",
+            "--stop",
+            stop,
+            "--model",
+        ])
+        .arg(fixture("gpt2-tiny"))
+        .arg(PROMPT));
+    let record = &json_lines(&output)[0];
+    assert_eq!(record["finish_reason"], "stop");
+    assert_eq!(
+        record["completion"],
+        &completion[..completion.find(stop).unwrap()]
+    );
+
+    let sampled = || {
+        let output = run(llmx(cache.path())
+            .args([
+                "generate",
+                "--json",
+                "--seed",
+                "11",
+                "--temperature",
+                "0.9",
+                "--max-new-tokens",
+                "12",
+                "--model",
+            ])
+            .arg(fixture("gpt2-tiny"))
+            .args([PROMPT, "Once upon a time"]));
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        json_lines(&output)
+    };
+    assert_eq!(sampled(), sampled(), "a seeded run repeats itself");
+}
+
+#[test]
+fn generate_rejects_bad_settings_and_wrong_models() {
+    let cache = tempfile::tempdir().unwrap();
+    for flags in [
+        ["--top-p", "0"],
+        ["--temperature", "-1"],
+        ["--repetition-penalty", "0"],
+    ] {
+        let output = run(llmx(cache.path())
+            .arg("generate")
+            .args(flags)
+            .arg("--model")
+            .arg(fixture("gpt2-tiny"))
+            .arg("hi"));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{flags:?}: {}",
+            stderr(&output)
+        );
+    }
+    let output = run(llmx(cache.path())
+        .args(["generate", "--model"])
+        .arg(fixture("bert-cls3"))
+        .arg("hi"));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("llmx classify"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -96,6 +96,7 @@ fn check_fixture(name: &str) {
         &fixture(name).join("tokenizer.json"),
         classifier.window(),
         None,
+        llmx::tokenize::Side::Right,
     )
     .unwrap();
 

@@ -23,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Classify texts with a sequence-classification model
     Classify(ClassifyArgs),
+    /// Continue prompts with a causal language model (GPT-2 family)
+    Generate(GenerateArgs),
     /// Fetch a model into the Hugging Face cache
     Download(DownloadArgs),
     /// Print shell completions
@@ -98,6 +100,56 @@ pub struct ClassifyArgs {
     /// Report every label
     #[arg(long, conflicts_with = "top_k")]
     pub all: bool,
+}
+
+/// Token choice, shared by every generating command.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Sampling")]
+pub struct SamplingArgs {
+    /// Always take the most likely token (same as --temperature 0)
+    #[arg(long)]
+    pub greedy: bool,
+    /// Sample with this temperature; 0 is greedy
+    #[arg(long, value_name = "T", conflicts_with = "greedy")]
+    pub temperature: Option<f32>,
+    /// Sample from the K most likely tokens (0: no limit)
+    #[arg(long, value_name = "K", conflicts_with = "greedy")]
+    pub top_k: Option<usize>,
+    /// Sample from the smallest set of tokens whose probability reaches P
+    #[arg(long, value_name = "P", conflicts_with = "greedy")]
+    pub top_p: Option<f32>,
+    /// Penalize tokens already present (transformers' rule; 1 is off)
+    #[arg(long, value_name = "R")]
+    pub repetition_penalty: Option<f32>,
+    /// Seed for sampling, so a run can be repeated exactly
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub input: InputArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Most new tokens per prompt
+    #[arg(long, value_name = "N", help_heading = "Generation")]
+    pub max_new_tokens: Option<usize>,
+    /// New tokens before the end-of-text token is allowed
+    #[arg(long, value_name = "N", help_heading = "Generation")]
+    pub min_new_tokens: Option<usize>,
+    /// Stop where this text appears (repeatable); it is not included in the output
+    #[arg(long, value_name = "STR", help_heading = "Generation")]
+    pub stop: Vec<String>,
+    /// Print tokens as they come (the default when stdout is a terminal)
+    #[arg(long, help_heading = "Generation")]
+    pub stream: bool,
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,7 @@
 mod args;
 mod output;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use anyhow::bail;
@@ -12,12 +12,17 @@ use clap::{CommandFactory, Parser};
 use serde::Serialize;
 
 pub use args::Cli;
-use args::{ClassifyArgs, Command, DeviceArgs, DownloadArgs, InputArgs, ModelArgs};
-use output::{RecordWriter, Reporter};
+use args::{
+    ClassifyArgs, Command, DeviceArgs, DownloadArgs, GenerateArgs, InputArgs, ModelArgs,
+    SamplingArgs,
+};
+use output::{RecordWriter, RepeatedWarning, Reporter};
 
 use crate::batch::{self, InputSource, Record, Records, Summary};
+use crate::generation::{FinishReason, Overrides};
 use crate::hub::{self, HubOptions, ModelRepo};
 use crate::tasks::classify::{self, Classification, Classifier, LabelScore};
+use crate::tasks::generate::{self as text_generation, Completion, TextGenerator};
 use crate::tasks::LoadOptions;
 
 /// How a run ended, for the exit status.
@@ -37,6 +42,7 @@ pub fn main() -> anyhow::Result<Outcome> {
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Classify(args) => classify(args),
+        Command::Generate(args) => generate(args),
         Command::Download(args) => download(args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "llmx", &mut std::io::stdout());
@@ -143,7 +149,7 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<Outcome> {
         args.top_k as usize
     };
     let window = classifier.window();
-    let mut truncated = 0usize;
+    let mut truncated = RepeatedWarning::new("were truncated to the model window");
     let mut writer = RecordWriter::new(args.output.json);
     let outcome = run_batch(
         source,
@@ -153,13 +159,12 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<Outcome> {
         |texts| classifier.classify(texts),
         |writer, record, result: &Classification| {
             if result.truncated {
-                if truncated == 0 {
-                    reporter.warn(format!(
+                truncated.note(&reporter, || {
+                    format!(
                         "input {} is longer than the model window of {window} tokens and was truncated",
                         record.index
-                    ));
-                }
-                truncated += 1;
+                    )
+                });
             }
             let labels = &result.labels[..keep.min(result.labels.len())];
             let Some(best) = labels.first() else {
@@ -181,11 +186,126 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<Outcome> {
             })
         },
     )?;
-    if truncated > 1 {
-        reporter.warn(format!(
-            "{truncated} inputs were truncated to {window} tokens"
-        ));
+    truncated.finish(&reporter);
+    Ok(outcome)
+}
+
+/// The sampling flags as a settings layer. Asking for a temperature, top-k or top-p means
+/// sampling; `--greedy` or a temperature of 0 means greedy.
+fn sampling_overrides(args: &SamplingArgs) -> Overrides {
+    let do_sample = if args.greedy || args.temperature == Some(0.0) {
+        Some(false)
+    } else if args.temperature.is_some() || args.top_k.is_some() || args.top_p.is_some() {
+        Some(true)
+    } else {
+        None
+    };
+    Overrides {
+        do_sample,
+        temperature: args.temperature.filter(|&t| t > 0.0),
+        top_k: args.top_k,
+        top_p: args.top_p,
+        repetition_penalty: args.repetition_penalty,
+        seed: args.seed,
+        ..Overrides::default()
     }
+}
+
+#[derive(Serialize)]
+struct GenerateRecord<'a> {
+    index: usize,
+    prompt: &'a str,
+    completion: &'a str,
+    token_ids: &'a [u32],
+    finish_reason: FinishReason,
+}
+
+fn generate(args: GenerateArgs) -> anyhow::Result<Outcome> {
+    let reporter = Reporter::new(args.output.quiet);
+    let source = input_source(&args.input)?;
+    let model = args
+        .model
+        .model
+        .as_deref()
+        .unwrap_or(text_generation::DEFAULT_MODEL);
+    let generator =
+        TextGenerator::load(model, &load_options(&args.model, &args.device, &reporter))?;
+    let mut settings = generator.defaults().clone();
+    settings.apply(Overrides {
+        max_new_tokens: args.max_new_tokens,
+        min_new_tokens: args.min_new_tokens,
+        ..sampling_overrides(&args.sampling)
+    });
+    if let Err(problem) = settings.validate() {
+        bail!(problem);
+    }
+    // Streamed text goes straight to stdout, one prompt at a time.
+    let stream = !args.output.json && (args.stream || std::io::stdout().is_terminal());
+    let batch_size = if stream { 1 } else { args.input.batch_size };
+    let window = generator.window();
+    let mut truncated = RepeatedWarning::new("lost the start of their prompt to the model window");
+    let mut hit_window = RepeatedWarning::new("stopped at the model window");
+    let mut writer = RecordWriter::new(args.output.json);
+    let outcome = run_batch(
+        source,
+        batch_size,
+        &reporter,
+        &mut writer,
+        |prompts| {
+            if !stream {
+                return generator.generate(prompts, &settings, &args.stop, |_, _| {});
+            }
+            let mut out = std::io::stdout().lock();
+            let mut broken = None;
+            let mut print = |text: &str| {
+                if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                    broken.get_or_insert(e);
+                }
+            };
+            prompts.iter().for_each(|prompt| print(prompt));
+            let results =
+                generator.generate(prompts, &settings, &args.stop, |_, piece| print(piece));
+            match broken {
+                Some(e) => Err(crate::Error::io("<stdout>", e)),
+                None => results,
+            }
+        },
+        |writer, record, completion: &Completion| {
+            if completion.prompt_truncated {
+                truncated.note(&reporter, || {
+                    format!(
+                        "input {}: the prompt is longer than the model window of {window} tokens; its start was cut",
+                        record.index
+                    )
+                });
+            }
+            if completion.hit_window {
+                hit_window.note(&reporter, || {
+                    format!(
+                        "input {}: generation stopped at the model window of {window} tokens",
+                        record.index
+                    )
+                });
+            }
+            let prompt = record.text.as_deref().unwrap_or_default();
+            let json = GenerateRecord {
+                index: record.index,
+                prompt,
+                completion: &completion.text,
+                token_ids: &completion.tokens,
+                finish_reason: completion.finish,
+            };
+            writer.ok(&json, || {
+                if stream {
+                    String::new()
+                } else {
+                    format!("{prompt}{}", completion.text)
+                }
+            })
+        },
+    )?;
+    truncated.finish(&reporter);
+    hit_window.finish(&reporter);
     Ok(outcome)
 }
 

@@ -26,6 +26,32 @@ impl Reporter {
     }
 }
 
+/// A warning that may apply to many records: said in full the first time, counted after.
+pub struct RepeatedWarning {
+    count: usize,
+    summary: &'static str,
+}
+
+impl RepeatedWarning {
+    /// `summary` completes "N inputs ..." in the closing count.
+    pub fn new(summary: &'static str) -> Self {
+        RepeatedWarning { count: 0, summary }
+    }
+
+    pub fn note(&mut self, reporter: &Reporter, first: impl FnOnce() -> String) {
+        if self.count == 0 {
+            reporter.warn(first());
+        }
+        self.count += 1;
+    }
+
+    pub fn finish(&self, reporter: &Reporter) {
+        if self.count > 1 {
+            reporter.warn(format!("{} inputs {}", self.count, self.summary));
+        }
+    }
+}
+
 /// stdout, buffered; one record per line.
 pub struct RecordWriter {
     out: io::BufWriter<io::Stdout>,

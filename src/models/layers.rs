@@ -67,15 +67,20 @@ pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
     ))
 }
 
-/// The additive attention bias for a `(batch, seq)` mask with 1 = attend: 0 where attended,
-/// the dtype's lowest value where masked (as transformers does), shaped `(batch, 1, 1, seq)`.
-pub fn attention_bias(mask: &Tensor, dtype: DType) -> Result<Tensor> {
-    let lowest = match dtype {
+/// The lowest finite value of a float dtype: what transformers adds to masked scores.
+pub fn lowest(dtype: DType) -> f64 {
+    match dtype {
         DType::F16 => -65504.0,
         DType::BF16 => -3.389_531_389_251_535_5e38,
         DType::F64 => f64::MIN,
         _ => f64::from(f32::MIN),
-    };
+    }
+}
+
+/// The additive attention bias for a `(batch, seq)` mask with 1 = attend: 0 where attended,
+/// the dtype's lowest value where masked (as transformers does), shaped `(batch, 1, 1, seq)`.
+pub fn attention_bias(mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    let lowest = lowest(dtype);
     let (batch, seq) = mask.dims2()?;
     // mask * (-lowest) + lowest: 1 -> 0, 0 -> lowest.
     mask.to_dtype(dtype)?

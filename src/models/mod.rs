@@ -6,7 +6,9 @@
 mod bert;
 mod distilbert;
 mod encoder;
+pub mod gpt2;
 mod heads;
+pub mod kv_cache;
 mod layers;
 
 use std::fmt;
@@ -77,6 +79,7 @@ pub enum Family {
     Bert,
     Roberta,
     DistilBert,
+    Gpt2,
 }
 
 struct Entry {
@@ -101,6 +104,11 @@ const REGISTRY: &[Entry] = &[
         family: Family::Roberta,
         task: Task::Classify,
     },
+    Entry {
+        architecture: "GPT2LMHeadModel",
+        family: Family::Gpt2,
+        task: Task::Generate,
+    },
 ];
 
 /// A parsed config.json and what the registry says about it.
@@ -110,7 +118,7 @@ pub struct ModelConfig {
     pub architecture: String,
     pub family: Family,
     pub task: Task,
-    json: serde_json::Value,
+    pub json: serde_json::Value,
 }
 
 impl ModelConfig {
@@ -159,6 +167,7 @@ pub fn encoder_config(config: &ModelConfig) -> Result<EncoderConfig> {
     match config.family {
         Family::Bert | Family::Roberta => bert::encoder_config(config),
         Family::DistilBert => distilbert::encoder_config(config),
+        Family::Gpt2 => Err(Error::config(&config.path, "GPT-2 is not an encoder")),
     }
 }
 
@@ -194,6 +203,12 @@ pub fn load_sequence_classifier(
         Family::Bert => ("bert", &bert::WEIGHTS, &bert::BERT_CLASSIFIER),
         Family::Roberta => ("roberta", &bert::WEIGHTS, &bert::ROBERTA_CLASSIFIER),
         Family::DistilBert => ("distilbert", &distilbert::WEIGHTS, &distilbert::CLASSIFIER),
+        Family::Gpt2 => {
+            return Err(Error::config(
+                &config.path,
+                "GPT-2 has no classification head",
+            ))
+        }
     };
     let build = || {
         let encoder = encoder::Encoder::load(vb.pp(prefix), encoder_config, weights)?;

@@ -11,7 +11,7 @@ use crate::device::Precision;
 use crate::error::{Error, Result};
 use crate::hub::{self, ModelRepo};
 use crate::models::{self, ModelConfig, SequenceClassifier, Task};
-use crate::tokenize::{Batch, Encoding, PadSide, TextEncoder};
+use crate::tokenize::{Batch, Encoding, Side, TextEncoder};
 
 pub const DEFAULT_MODEL: &str = "distilbert/distilbert-base-uncased-finetuned-sst-2-english";
 
@@ -124,6 +124,7 @@ impl Classifier {
             &repo.required(hub::TOKENIZER)?,
             window,
             Some(encoder_config.pad_id),
+            Side::Right,
         )?;
         let (device, dtype) = options.placement(Precision::HalfSafe)?;
         let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
@@ -177,7 +178,7 @@ impl Classifier {
         if encodings.is_empty() {
             return Ok(Vec::new());
         }
-        let batch = Batch::new(encodings, self.text.pad_id(), PadSide::Right, &self.device)?;
+        let batch = Batch::new(encodings, self.text.pad_id(), Side::Right, &self.device)?;
         let logits = self
             .model
             .forward(&batch)?

@@ -2,6 +2,7 @@
 //! tokenizer, device) and runs the same pipeline: tokenize → forward → decode.
 
 pub mod classify;
+pub mod generate;
 
 use candle_core::{DType, Device};
 

@@ -1,0 +1,156 @@
+//! Token generation shared by every decoder: greedy and sampling over any [`Decoder`].
+//!
+//! The loop works on host-side score rows so that every logits processor is one plain
+//! function (see [`logits`]); the model only produces next-token logits.
+
+mod config;
+pub mod logits;
+
+use candle_core::{DType, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+pub use config::{EarlyStopping, GenerationConfig, Overrides, TokenIds};
+
+use crate::error::Result;
+
+/// A model mid-generation: it has seen the prompts and answers next-token logits.
+pub trait Decoder {
+    /// Feeds one token per row and returns the next-token logits, `(rows, vocab)`.
+    fn step(&mut self, tokens: &[u32]) -> Result<Tensor>;
+}
+
+/// Why a sequence stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// The token limit or the model window was reached.
+    Length,
+    /// The model produced an end-of-sequence token.
+    Eos,
+    /// A stop string appeared.
+    Stop,
+}
+
+/// The new tokens of one row (EOS included when it ended the row, as transformers returns it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generated {
+    pub tokens: Vec<u32>,
+    pub finish: FinishReason,
+}
+
+/// Per-row bounds on the number of new tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowLimits {
+    /// Most new tokens (the smaller of the settings and what the window leaves).
+    pub max_new: usize,
+    /// New tokens before EOS may be chosen.
+    pub min_new: usize,
+    /// True when `max_new` is set by the model window rather than the settings.
+    pub window_bound: bool,
+}
+
+/// What the caller says after seeing a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// A stop string completed: finish this row.
+    Stop,
+}
+
+struct Row {
+    /// The context followed by the new tokens.
+    sequence: Vec<u32>,
+    context_len: usize,
+    limits: RowLimits,
+    finish: Option<FinishReason>,
+}
+
+impl Row {
+    fn new_tokens(&self) -> &[u32] {
+        &self.sequence[self.context_len..]
+    }
+}
+
+/// Greedy or sampled generation for every row of `decoder`, starting from the logits that
+/// followed the prompts. `context` is what each row's decoder has seen (the prompt, or the
+/// decoder start token), which the repetition penalty and n-gram blocking count;
+/// `on_token(row, token)` sees every new non-EOS token as it is chosen.
+pub fn generate(
+    decoder: &mut dyn Decoder,
+    first_logits: Tensor,
+    context: &[Vec<u32>],
+    limits: &[RowLimits],
+    config: &GenerationConfig,
+    mut on_token: impl FnMut(usize, u32) -> Flow,
+) -> Result<Vec<Generated>> {
+    let mut rng = match config.seed {
+        Some(seed) => ChaCha8Rng::seed_from_u64(seed),
+        None => ChaCha8Rng::from_os_rng(),
+    };
+    let pad = config
+        .pad_token_id
+        .or_else(|| config.eos_token_ids.first().copied())
+        .unwrap_or(0);
+    let mut rows: Vec<Row> = context
+        .iter()
+        .zip(limits)
+        .map(|(context, &limits)| Row {
+            sequence: context.clone(),
+            context_len: context.len(),
+            limits,
+            finish: None,
+        })
+        .collect();
+    let mut logits = first_logits;
+    let mut next = vec![pad; rows.len()];
+    loop {
+        let scores: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+        for (index, (row, mut scores)) in rows.iter_mut().zip(scores).enumerate() {
+            if row.finish.is_some() {
+                next[index] = pad;
+                continue;
+            }
+            let token = choose(&mut scores, row, config, &mut rng);
+            next[index] = token;
+            row.sequence.push(token);
+            row.finish = if config.eos_token_ids.contains(&token) {
+                Some(FinishReason::Eos)
+            } else if on_token(index, token) == Flow::Stop {
+                Some(FinishReason::Stop)
+            } else if row.new_tokens().len() >= row.limits.max_new {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+        }
+        if rows.iter().all(|row| row.finish.is_some()) {
+            break;
+        }
+        logits = decoder.step(&next)?;
+    }
+    Ok(rows
+        .into_iter()
+        .map(|mut row| Generated {
+            tokens: row.sequence.split_off(row.context_len),
+            finish: row.finish.unwrap_or(FinishReason::Length),
+        })
+        .collect())
+}
+
+/// Applies the processors in transformers' order, then picks a token.
+fn choose(scores: &mut [f32], row: &Row, config: &GenerationConfig, rng: &mut ChaCha8Rng) -> u32 {
+    logits::repetition_penalty(scores, &row.sequence, config.repetition_penalty);
+    logits::no_repeat_ngram(scores, &row.sequence, config.no_repeat_ngram_size);
+    if row.new_tokens().len() < row.limits.min_new {
+        logits::suppress(scores, &config.eos_token_ids);
+    }
+    if !config.samples() {
+        return logits::argmax(scores);
+    }
+    logits::temperature(scores, config.temperature);
+    logits::top_k(scores, config.top_k);
+    logits::top_p(scores, config.top_p, 1);
+    logits::sample(scores, rng)
+}
