@@ -145,14 +145,9 @@ pub struct Overrides {
 }
 
 impl GenerationConfig {
+    /// Sets what `layer` names, as transformers' `GenerationConfig.update` does. Setting
+    /// `max_length` leaves `max_new_tokens`, which still wins when set.
     pub fn apply(&mut self, layer: Overrides) {
-        // A layer that names only one of a pair of limits means that one.
-        if layer.max_length.is_some() && layer.max_new_tokens.is_none() {
-            self.max_new_tokens = None;
-        }
-        if layer.min_length.is_some() && layer.min_new_tokens.is_none() {
-            self.min_new_tokens = None;
-        }
         macro_rules! set {
             ($($field:ident),*) => {$(
                 if let Some(value) = layer.$field {
@@ -332,11 +327,11 @@ mod tests {
         );
         assert_eq!(config.new_token_limit(3), 5);
         assert_eq!(config.eos_token_ids, [1, 2]);
-        // A later max_length replaces an earlier max_new_tokens.
+        // A later max_length does not displace max_new_tokens, as in transformers.
         config.apply(
             serde_json::from_str(r#"{"max_length": 10, "early_stopping": "never"}"#).unwrap(),
         );
-        assert_eq!(config.new_token_limit(3), 7);
+        assert_eq!(config.new_token_limit(3), 5);
         assert_eq!(config.early_stopping, EarlyStopping::Never);
     }
 
