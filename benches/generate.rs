@@ -1,0 +1,50 @@
+//! GPT-2 decoding speed at batch 1 on the real gpt2 (124M) shape, with random weights made
+//! here: tokens per second for an 8-token prompt and 64 greedy new tokens.
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use llmx::generation::{self, Flow, GenerationConfig, RowLimits};
+use llmx::models::gpt2::{Gpt2, Gpt2Config, Gpt2Session};
+
+const NEW_TOKENS: usize = 64;
+
+fn bench_generate(c: &mut Criterion) {
+    let device = Device::Cpu;
+    let config = Gpt2Config::default();
+    let weights = VarMap::new();
+    let vb = VarBuilder::from_varmap(&weights, DType::F32, &device);
+    let model = Gpt2::load(vb, &config).expect("a gpt2-sized model builds");
+    let prompt: Vec<u32> = vec![15496, 11, 616, 3290, 318, 13779, 290, 340];
+    let settings = GenerationConfig {
+        max_new_tokens: Some(NEW_TOKENS),
+        // No EOS, so every run makes all its tokens.
+        eos_token_ids: Vec::new(),
+        ..GenerationConfig::default()
+    };
+    let limits = [RowLimits {
+        max_new: NEW_TOKENS,
+        min_new: 0,
+        window_bound: false,
+    }];
+
+    let mut group = c.benchmark_group("gpt2-124M");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(NEW_TOKENS as u64));
+    group.bench_function("greedy, batch 1, 8-token prompt, 64 new tokens", |b| {
+        b.iter(|| {
+            let (mut session, logits) =
+                Gpt2Session::start(&model, &[&prompt], NEW_TOKENS, 50256, DType::F32, &device)
+                    .expect("prefill runs");
+            let context = [prompt.clone()];
+            generation::generate(&mut session, logits, &context, &limits, &settings, |_, _| {
+                Flow::Continue
+            })
+            .expect("decoding runs")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_generate);
+criterion_main!(benches);
