@@ -37,9 +37,14 @@ fn bench_generate(c: &mut Criterion) {
                 Gpt2Session::start(&model, &[&prompt], NEW_TOKENS, 50256, DType::F32, &device)
                     .expect("prefill runs");
             let context = [prompt.clone()];
-            generation::generate(&mut session, logits, &context, &limits, &settings, |_, _| {
-                Flow::Continue
-            })
+            generation::generate(
+                &mut session,
+                logits,
+                &context,
+                &limits,
+                &settings,
+                |_, _| Flow::Continue,
+            )
             .expect("decoding runs")
         })
     });

@@ -25,6 +25,13 @@ pub enum Command {
     Classify(ClassifyArgs),
     /// Continue prompts with a causal language model (GPT-2 family)
     Generate(GenerateArgs),
+    /// Translate with an encoder-decoder (T5 family) and its translation settings
+    Translate(TranslateArgs),
+    /// Summarize with an encoder-decoder (T5 family) and its summarization settings
+    Summarize(Text2TextArgs),
+    /// Run an encoder-decoder (T5 family) on the input as given
+    #[command(name = "text2text")]
+    Text2Text(Text2TextArgs),
     /// Fetch a model into the Hugging Face cache
     Download(DownloadArgs),
     /// Print shell completions
@@ -150,6 +157,64 @@ pub struct GenerateArgs {
     /// Print tokens as they come (the default when stdout is a terminal)
     #[arg(long, help_heading = "Generation")]
     pub stream: bool,
+}
+
+/// Encoder-decoder search settings.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Generation")]
+pub struct Seq2SeqArgs {
+    /// Beams for beam search (1: greedy or sampling)
+    #[arg(long, value_name = "N")]
+    pub num_beams: Option<usize>,
+    /// Most decoder tokens, the start token included (as transformers counts)
+    #[arg(long, value_name = "N")]
+    pub max_length: Option<usize>,
+    /// Most new tokens (wins over --max-length)
+    #[arg(long, value_name = "N")]
+    pub max_new_tokens: Option<usize>,
+    /// Fewest decoder tokens, the start token included
+    #[arg(long, value_name = "N")]
+    pub min_length: Option<usize>,
+    /// Fewest new tokens
+    #[arg(long, value_name = "N")]
+    pub min_new_tokens: Option<usize>,
+    /// Beam scores are divided by length^F (above 0 favours longer outputs)
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub length_penalty: Option<f32>,
+    /// Never repeat an n-gram of this size
+    #[arg(long, value_name = "N")]
+    pub no_repeat_ngram_size: Option<usize>,
+    /// When beam search stops: true, false or never
+    #[arg(long, value_name = "WHEN")]
+    pub early_stopping: Option<crate::generation::EarlyStopping>,
+}
+
+#[derive(Debug, Args)]
+pub struct Text2TextArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub input: InputArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub search: Seq2SeqArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TranslateArgs {
+    /// Source language code, as in the checkpoint's `translation_{from}_to_{to}` settings
+    #[arg(long, value_name = "LANG", default_value = "en")]
+    pub from: String,
+    /// Target language code
+    #[arg(long, value_name = "LANG")]
+    pub to: String,
+    #[command(flatten)]
+    pub common: Text2TextArgs,
 }
 
 #[derive(Debug, Args)]

@@ -14,7 +14,7 @@ use serde::Serialize;
 pub use args::Cli;
 use args::{
     ClassifyArgs, Command, DeviceArgs, DownloadArgs, GenerateArgs, InputArgs, ModelArgs,
-    SamplingArgs,
+    SamplingArgs, Seq2SeqArgs, Text2TextArgs,
 };
 use output::{RecordWriter, RepeatedWarning, Reporter};
 
@@ -23,6 +23,7 @@ use crate::generation::{FinishReason, Overrides};
 use crate::hub::{self, HubOptions, ModelRepo};
 use crate::tasks::classify::{self, Classification, Classifier, LabelScore};
 use crate::tasks::generate::{self as text_generation, Completion, TextGenerator};
+use crate::tasks::text2text::{self, Output, Seq2Seq, Seq2SeqTask};
 use crate::tasks::LoadOptions;
 
 /// How a run ended, for the exit status.
@@ -43,6 +44,15 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Classify(args) => classify(args),
         Command::Generate(args) => generate(args),
+        Command::Translate(args) => {
+            let task = Seq2SeqTask::Translate {
+                from: args.from,
+                to: args.to,
+            };
+            seq2seq(args.common, task)
+        }
+        Command::Summarize(args) => seq2seq(args, Seq2SeqTask::Summarize),
+        Command::Text2Text(args) => seq2seq(args, Seq2SeqTask::Text2Text),
         Command::Download(args) => download(args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "llmx", &mut std::io::stdout());
@@ -306,6 +316,77 @@ fn generate(args: GenerateArgs) -> anyhow::Result<Outcome> {
     )?;
     truncated.finish(&reporter);
     hit_window.finish(&reporter);
+    Ok(outcome)
+}
+
+/// The encoder-decoder flags as a settings layer. `--max-length` alone means that limit,
+/// so it clears a default `max_new_tokens` that would otherwise win.
+fn search_overrides(args: &Seq2SeqArgs, sampling: &SamplingArgs) -> Overrides {
+    Overrides {
+        num_beams: args.num_beams,
+        max_length: args.max_length,
+        max_new_tokens: args.max_new_tokens,
+        min_length: args.min_length,
+        min_new_tokens: args.min_new_tokens,
+        length_penalty: args.length_penalty,
+        no_repeat_ngram_size: args.no_repeat_ngram_size,
+        early_stopping: args.early_stopping,
+        ..sampling_overrides(sampling)
+    }
+}
+
+#[derive(Serialize)]
+struct Text2TextRecord<'a> {
+    index: usize,
+    text: &'a str,
+    output: &'a str,
+    token_ids: &'a [u32],
+}
+
+fn seq2seq(args: Text2TextArgs, task: Seq2SeqTask) -> anyhow::Result<Outcome> {
+    let reporter = Reporter::new(args.output.quiet);
+    let source = input_source(&args.input)?;
+    let model = args
+        .model
+        .model
+        .as_deref()
+        .unwrap_or(text2text::DEFAULT_MODEL);
+    let seq2seq = Seq2Seq::load(model, &load_options(&args.model, &args.device, &reporter))?;
+    let (mut settings, prefix) = seq2seq.settings_for(&task)?;
+    if args.search.max_length.is_some() && args.search.max_new_tokens.is_none() {
+        settings.max_new_tokens = None;
+    }
+    settings.apply(search_overrides(&args.search, &args.sampling));
+    if let Err(problem) = settings.validate() {
+        bail!(problem);
+    }
+    let mut truncated = RepeatedWarning::new("were truncated to the tokenizer's limit");
+    let mut writer = RecordWriter::new(args.output.json);
+    let outcome = run_batch(
+        source,
+        args.input.batch_size,
+        &reporter,
+        &mut writer,
+        |texts| seq2seq.generate(texts, &settings, &prefix),
+        |writer, record, output: &Output| {
+            if output.truncated {
+                truncated.note(&reporter, || {
+                    format!(
+                        "input {} is longer than the tokenizer's limit and was truncated",
+                        record.index
+                    )
+                });
+            }
+            let json = Text2TextRecord {
+                index: record.index,
+                text: record.text.as_deref().unwrap_or_default(),
+                output: &output.text,
+                token_ids: &output.tokens,
+            };
+            writer.ok(&json, || output.text.clone())
+        },
+    )?;
+    truncated.finish(&reporter);
     Ok(outcome)
 }
 

@@ -3,6 +3,7 @@
 //! The loop works on host-side score rows so that every logits processor is one plain
 //! function (see [`logits`]); the model only produces next-token logits.
 
+mod beam;
 mod config;
 pub mod logits;
 
@@ -11,6 +12,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+pub use beam::beam_search;
 pub use config::{EarlyStopping, GenerationConfig, Overrides, TokenIds};
 
 use crate::error::Result;
@@ -19,6 +21,9 @@ use crate::error::Result;
 pub trait Decoder {
     /// Feeds one token per row and returns the next-token logits, `(rows, vocab)`.
     fn step(&mut self, tokens: &[u32]) -> Result<Tensor>;
+
+    /// Makes row `i` continue what row `rows[i]` was (beam search).
+    fn reorder(&mut self, rows: &[u32]) -> Result<()>;
 }
 
 /// Why a sequence stopped.
@@ -85,10 +90,7 @@ pub fn generate(
     config: &GenerationConfig,
     mut on_token: impl FnMut(usize, u32) -> Flow,
 ) -> Result<Vec<Generated>> {
-    let mut rng = match config.seed {
-        Some(seed) => ChaCha8Rng::seed_from_u64(seed),
-        None => ChaCha8Rng::from_os_rng(),
-    };
+    let mut rng = rng(config);
     let pad = config
         .pad_token_id
         .or_else(|| config.eos_token_ids.first().copied())
@@ -139,18 +141,51 @@ pub fn generate(
         .collect())
 }
 
-/// Applies the processors in transformers' order, then picks a token.
+/// Picks the next token of a row: processors, then argmax or warpers and a draw.
 fn choose(scores: &mut [f32], row: &Row, config: &GenerationConfig, rng: &mut ChaCha8Rng) -> u32 {
-    logits::repetition_penalty(scores, &row.sequence, config.repetition_penalty);
-    logits::no_repeat_ngram(scores, &row.sequence, config.no_repeat_ngram_size);
-    if row.new_tokens().len() < row.limits.min_new {
-        logits::suppress(scores, &config.eos_token_ids);
-    }
+    process(
+        scores,
+        &row.sequence,
+        row.new_tokens().len(),
+        row.limits.min_new,
+        config,
+    );
     if !config.samples() {
         return logits::argmax(scores);
     }
-    logits::temperature(scores, config.temperature);
-    logits::top_k(scores, config.top_k);
-    logits::top_p(scores, config.top_p, 1);
+    warp(scores, config, 1);
     logits::sample(scores, rng)
+}
+
+/// The logits processors, in transformers' order, for a row whose `sequence` (context and
+/// new tokens) has `generated` new tokens so far.
+fn process(
+    scores: &mut [f32],
+    sequence: &[u32],
+    generated: usize,
+    min_new: usize,
+    config: &GenerationConfig,
+) {
+    logits::repetition_penalty(scores, sequence, config.repetition_penalty);
+    logits::no_repeat_ngram(scores, sequence, config.no_repeat_ngram_size);
+    if generated < min_new {
+        logits::suppress(scores, &config.eos_token_ids);
+    }
+}
+
+/// The sampling warpers, in transformers' order.
+fn warp(scores: &mut [f32], config: &GenerationConfig, min_keep: usize) {
+    logits::temperature(scores, config.temperature);
+    if config.top_k > 0 {
+        logits::top_k(scores, config.top_k.max(min_keep));
+    }
+    logits::top_p(scores, config.top_p, min_keep);
+}
+
+/// A seeded generator, or one seeded from the operating system.
+fn rng(config: &GenerationConfig) -> ChaCha8Rng {
+    match config.seed {
+        Some(seed) => ChaCha8Rng::seed_from_u64(seed),
+        None => ChaCha8Rng::from_os_rng(),
+    }
 }

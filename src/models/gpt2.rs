@@ -332,4 +332,15 @@ impl crate::generation::Decoder for Gpt2Session<'_> {
             .for_each(|p| *p = (*p + 1).min(last));
         Ok(self.model.logits(&hidden)?.squeeze(1)?)
     }
+
+    fn reorder(&mut self, rows: &[u32]) -> crate::Result<()> {
+        let index = Tensor::new(rows, self.mask.device())?;
+        self.cache.reorder(&index)?;
+        self.mask = self.mask.index_select(&index, 0)?;
+        self.positions = rows
+            .iter()
+            .map(|&row| self.positions[row as usize])
+            .collect();
+        Ok(())
+    }
 }

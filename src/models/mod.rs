@@ -10,6 +10,7 @@ pub mod gpt2;
 mod heads;
 pub mod kv_cache;
 mod layers;
+pub mod t5;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -80,6 +81,7 @@ pub enum Family {
     Roberta,
     DistilBert,
     Gpt2,
+    T5,
 }
 
 struct Entry {
@@ -108,6 +110,11 @@ const REGISTRY: &[Entry] = &[
         architecture: "GPT2LMHeadModel",
         family: Family::Gpt2,
         task: Task::Generate,
+    },
+    Entry {
+        architecture: "T5ForConditionalGeneration",
+        family: Family::T5,
+        task: Task::Text2Text,
     },
 ];
 
@@ -167,7 +174,7 @@ pub fn encoder_config(config: &ModelConfig) -> Result<EncoderConfig> {
     match config.family {
         Family::Bert | Family::Roberta => bert::encoder_config(config),
         Family::DistilBert => distilbert::encoder_config(config),
-        Family::Gpt2 => Err(Error::config(&config.path, "GPT-2 is not an encoder")),
+        Family::Gpt2 | Family::T5 => Err(Error::config(&config.path, "not a BERT-family encoder")),
     }
 }
 
@@ -203,10 +210,10 @@ pub fn load_sequence_classifier(
         Family::Bert => ("bert", &bert::WEIGHTS, &bert::BERT_CLASSIFIER),
         Family::Roberta => ("roberta", &bert::WEIGHTS, &bert::ROBERTA_CLASSIFIER),
         Family::DistilBert => ("distilbert", &distilbert::WEIGHTS, &distilbert::CLASSIFIER),
-        Family::Gpt2 => {
+        Family::Gpt2 | Family::T5 => {
             return Err(Error::config(
                 &config.path,
-                "GPT-2 has no classification head",
+                "no sequence-classification head",
             ))
         }
     };

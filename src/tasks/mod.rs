@@ -3,6 +3,7 @@
 
 pub mod classify;
 pub mod generate;
+pub mod text2text;
 
 use candle_core::{DType, Device};
 

@@ -1,0 +1,340 @@
+//! Beam search with transformers' (4.57) semantics: 2×beams candidates per step, finished
+//! hypotheses scored by `sum log p / generated_len ^ length_penalty`, and `early_stopping`
+//! true / false (heuristic) / never deciding when an input is done. Scores are kept in f32 and
+//! penalised with -1e9 exactly as transformers does, so ties and rounding agree.
+
+use candle_core::{DType, Tensor};
+use rand::Rng;
+
+use super::{
+    logits, process, rng, warp, Decoder, EarlyStopping, FinishReason, Generated, GenerationConfig,
+    RowLimits,
+};
+use crate::error::Result;
+
+/// transformers' stand-in for "impossible".
+const PENALTY: f32 = -1.0e9;
+
+#[derive(Debug, Clone)]
+struct Beam {
+    tokens: Vec<u32>,
+    score: f32,
+}
+
+#[derive(Debug, Clone)]
+struct Hypothesis {
+    tokens: Vec<u32>,
+    score: f32,
+    finished: bool,
+}
+
+struct Candidate {
+    score: f32,
+    beam: usize,
+    token: u32,
+    /// The token ends the sequence (EOS or the length limit).
+    stops: bool,
+}
+
+/// One input's beams and finished hypotheses.
+struct Search {
+    context: Vec<u32>,
+    limits: RowLimits,
+    running: Vec<Beam>,
+    finished: Vec<Hypothesis>,
+    /// False once no running beam can beat the finished ones.
+    improvable: bool,
+    done: bool,
+}
+
+impl Search {
+    fn new(context: &[u32], limits: RowLimits, beams: usize) -> Self {
+        Search {
+            context: context.to_vec(),
+            limits,
+            // Only the first beam is live at the start, so the first step expands it alone.
+            running: (0..beams)
+                .map(|i| Beam {
+                    tokens: Vec::new(),
+                    score: if i == 0 { 0.0 } else { PENALTY },
+                })
+                .collect(),
+            finished: (0..beams)
+                .map(|_| Hypothesis {
+                    tokens: Vec::new(),
+                    score: PENALTY,
+                    finished: false,
+                })
+                .collect(),
+            improvable: true,
+            done: false,
+        }
+    }
+
+    fn all_finished(&self) -> bool {
+        self.finished.iter().all(|h| h.finished)
+    }
+}
+
+/// Runs beam search for every input. `decoder` holds `beams` rows per input (input `i` at rows
+/// `i*beams..`), all at the state after `contexts[i]`; `first_logits` are their next-token
+/// logits. Returns each input's best hypothesis.
+pub fn beam_search(
+    decoder: &mut dyn Decoder,
+    first_logits: Tensor,
+    contexts: &[Vec<u32>],
+    limits: &[RowLimits],
+    config: &GenerationConfig,
+) -> Result<Vec<Generated>> {
+    let beams = config.num_beams.max(1);
+    let keep = 2.max(1 + config.eos_token_ids.len()) * beams;
+    let mut rng = rng(config);
+    let mut searches: Vec<Search> = contexts
+        .iter()
+        .zip(limits)
+        .map(|(context, &limits)| Search::new(context, limits, beams))
+        .collect();
+    let mut logits = first_logits;
+    let mut generated = 0usize;
+    loop {
+        let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+        let mut next_tokens = Vec::with_capacity(rows.len());
+        let mut next_rows = Vec::with_capacity(rows.len());
+        let mut any_continuation = false;
+        for (index, search) in searches.iter_mut().enumerate() {
+            let base = (index * beams) as u32;
+            if search.done {
+                // Frozen: keep the rows in place and feed anything.
+                next_rows.extend((0..beams as u32).map(|b| base + b));
+                next_tokens.extend(std::iter::repeat_n(config.pad_token_id.unwrap_or(0), beams));
+                continue;
+            }
+            let candidates = candidates(
+                search,
+                &rows[index * beams..(index + 1) * beams],
+                generated,
+                keep,
+                config,
+                &mut rng,
+            );
+            any_continuation |= candidates.iter().any(|c| !c.stops);
+            update_finished(search, &candidates, generated + 1, beams, config);
+            let chosen = next_running(search, &candidates, beams);
+            next_rows.extend(chosen.iter().map(|c| base + c.beam as u32));
+            next_tokens.extend(chosen.iter().map(|c| c.token));
+        }
+        generated += 1;
+        for search in searches.iter_mut().filter(|s| !s.done) {
+            check_improvable(search, generated, config);
+            let full = config.early_stopping == EarlyStopping::True && search.all_finished();
+            let at_limit = generated >= search.limits.max_new;
+            search.done = !search.improvable || full || at_limit;
+        }
+        if !any_continuation || searches.iter().all(|s| s.done) {
+            break;
+        }
+        decoder.reorder(&next_rows)?;
+        logits = decoder.step(&next_tokens)?;
+    }
+    Ok(searches
+        .into_iter()
+        .map(|search| {
+            let best = search
+                .finished
+                .into_iter()
+                .next()
+                .filter(|h| h.finished)
+                .map(|h| h.tokens)
+                .or_else(|| search.running.into_iter().next().map(|b| b.tokens))
+                .unwrap_or_default();
+            let finish = match best.last() {
+                Some(token) if config.eos_token_ids.contains(token) => FinishReason::Eos,
+                _ => FinishReason::Length,
+            };
+            Generated {
+                tokens: best,
+                finish,
+            }
+        })
+        .collect())
+}
+
+/// The `keep` best (or, sampling, drawn) continuations over all beams of one input.
+fn candidates(
+    search: &Search,
+    rows: &[Vec<f32>],
+    generated: usize,
+    keep: usize,
+    config: &GenerationConfig,
+    rng: &mut impl Rng,
+) -> Vec<Candidate> {
+    let vocab = rows.first().map_or(0, Vec::len);
+    let mut scores: Vec<f32> = Vec::with_capacity(rows.len() * vocab);
+    let mut sequence = Vec::with_capacity(search.context.len() + generated + 1);
+    for (beam, row) in search.running.iter().zip(rows) {
+        let mut log_probs = log_softmax(row);
+        sequence.clear();
+        sequence.extend_from_slice(&search.context);
+        sequence.extend_from_slice(&beam.tokens);
+        process(
+            &mut log_probs,
+            &sequence,
+            generated,
+            search.limits.min_new,
+            config,
+        );
+        if config.samples() {
+            warp(&mut log_probs, config, 2);
+        }
+        scores.extend(log_probs.iter().map(|&lp| lp + beam.score));
+    }
+    let picked = if config.samples() {
+        draw_without_replacement(&scores, keep, rng)
+    } else {
+        top_indices(&scores, keep)
+    };
+    picked
+        .into_iter()
+        .map(|flat| {
+            let token = (flat % vocab) as u32;
+            Candidate {
+                score: scores[flat],
+                beam: flat / vocab,
+                token,
+                stops: config.eos_token_ids.contains(&token)
+                    || generated + 1 >= search.limits.max_new,
+            }
+        })
+        .collect()
+}
+
+/// Adds the candidates that just finished among the top `beams` to the finished hypotheses,
+/// keeping the best `beams`.
+fn update_finished(
+    search: &mut Search,
+    candidates: &[Candidate],
+    length: usize,
+    beams: usize,
+    config: &GenerationConfig,
+) {
+    let length_norm = (length as f32).powf(config.length_penalty);
+    let full = config.early_stopping == EarlyStopping::True && search.all_finished();
+    let mut merged: Vec<Hypothesis> = std::mem::take(&mut search.finished);
+    for (rank, candidate) in candidates.iter().enumerate() {
+        let just_finished = candidate.stops && rank < beams;
+        let mut score = candidate.score / length_norm;
+        if full {
+            score += PENALTY;
+        }
+        if !search.improvable {
+            score += PENALTY;
+        }
+        if !just_finished {
+            score += PENALTY;
+        }
+        let beam = &search.running[candidate.beam];
+        let mut tokens = Vec::with_capacity(beam.tokens.len() + 1);
+        tokens.extend_from_slice(&beam.tokens);
+        tokens.push(candidate.token);
+        merged.push(Hypothesis {
+            tokens,
+            score,
+            finished: just_finished,
+        });
+    }
+    // A stable sort: ties keep the earlier entry, as topk does in practice.
+    merged.sort_by(|a, b| b.score.total_cmp(&a.score));
+    merged.truncate(beams);
+    search.finished = merged;
+}
+
+/// The best `beams` candidates that do not stop become the running beams.
+fn next_running<'c>(
+    search: &mut Search,
+    candidates: &'c [Candidate],
+    beams: usize,
+) -> Vec<&'c Candidate> {
+    let mut order: Vec<(f32, &Candidate)> = candidates
+        .iter()
+        .map(|c| (if c.stops { c.score + PENALTY } else { c.score }, c))
+        .collect();
+    order.sort_by(|a, b| b.0.total_cmp(&a.0));
+    order.truncate(beams);
+    search.running = order
+        .iter()
+        .map(|&(score, candidate)| {
+            let mut tokens = search.running[candidate.beam].tokens.clone();
+            tokens.push(candidate.token);
+            Beam { tokens, score }
+        })
+        .collect();
+    order.into_iter().map(|(_, c)| c).collect()
+}
+
+/// transformers' early-stop heuristic: can the best running beam still beat the worst
+/// finished hypothesis?
+fn check_improvable(search: &mut Search, generated: usize, config: &GenerationConfig) {
+    let length = if config.early_stopping == EarlyStopping::Never && config.length_penalty > 0.0 {
+        search.limits.max_new
+    } else {
+        generated
+    };
+    let best_possible = search.running[0].score / (length as f32).powf(config.length_penalty);
+    let worst_finished = if search.all_finished() {
+        search
+            .finished
+            .iter()
+            .map(|h| h.score)
+            .fold(f32::INFINITY, f32::min)
+    } else {
+        PENALTY
+    };
+    search.improvable &= best_possible > worst_finished;
+}
+
+fn log_softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+    row.iter().map(|&x| x - max - log_sum).collect()
+}
+
+/// Indices of the `k` largest scores, best first; equal scores keep index order.
+fn top_indices(scores: &[f32], k: usize) -> Vec<usize> {
+    let k = k.min(scores.len());
+    let mut indices: Vec<usize> = (0..scores.len()).collect();
+    let by_score = |a: &usize, b: &usize| scores[*b].total_cmp(&scores[*a]).then(a.cmp(b));
+    if k < indices.len() {
+        indices.select_nth_unstable_by(k, by_score);
+        indices.truncate(k);
+    }
+    indices.sort_by(by_score);
+    indices
+}
+
+/// `k` distinct indices drawn in proportion to softmax(scores), in draw order.
+fn draw_without_replacement(scores: &[f32], k: usize, rng: &mut impl Rng) -> Vec<usize> {
+    let mut remaining = scores.to_vec();
+    let mut drawn = Vec::with_capacity(k);
+    for _ in 0..k.min(scores.len()) {
+        let index = logits::sample(&remaining, rng) as usize;
+        remaining[index] = f32::NEG_INFINITY;
+        drawn.push(index);
+    }
+    drawn
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_indices_are_sorted_and_stable() {
+        assert_eq!(top_indices(&[0.1, 0.5, 0.5, 0.9, -1.0], 3), [3, 1, 2]);
+    }
+
+    #[test]
+    fn log_softmax_normalises() {
+        let total: f32 = log_softmax(&[1.0, 2.0, 3.0]).iter().map(|l| l.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+    }
+}

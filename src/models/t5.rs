@@ -1,0 +1,553 @@
+//! T5 encoder-decoders: T5 v1.0 (t5-small/base: ReLU, tied head scaled by d_model^-0.5) and
+//! v1.1 / flan-t5 (gated GELU, separate head).
+//!
+//! Written here rather than taken from candle-transformers: its T5 encoder takes no padding
+//! mask and its decoder hides a cache that grows by concatenation and cannot be reordered, so
+//! neither padded batches nor beam search would work.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Embedding, Linear, VarBuilder};
+use serde::Deserialize;
+
+use super::kv_cache::KvCache;
+use super::layers::{self, Activation};
+
+/// config.json of `model_type` t5, with transformers' defaults for what it omits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct T5Config {
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub d_kv: usize,
+    pub d_ff: usize,
+    pub num_layers: usize,
+    pub num_decoder_layers: Option<usize>,
+    pub num_heads: usize,
+    pub relative_attention_num_buckets: usize,
+    pub relative_attention_max_distance: usize,
+    pub layer_norm_epsilon: f64,
+    pub feed_forward_proj: String,
+    pub tie_word_embeddings: bool,
+    pub pad_token_id: u32,
+    pub eos_token_id: u32,
+    pub decoder_start_token_id: Option<u32>,
+}
+
+impl Default for T5Config {
+    fn default() -> Self {
+        T5Config {
+            vocab_size: 32128,
+            d_model: 512,
+            d_kv: 64,
+            d_ff: 2048,
+            num_layers: 6,
+            num_decoder_layers: None,
+            num_heads: 8,
+            relative_attention_num_buckets: 32,
+            relative_attention_max_distance: 128,
+            layer_norm_epsilon: 1e-6,
+            feed_forward_proj: "relu".to_string(),
+            tie_word_embeddings: true,
+            pad_token_id: 0,
+            eos_token_id: 1,
+            decoder_start_token_id: None,
+        }
+    }
+}
+
+impl T5Config {
+    /// `relu`, `gated-gelu`, `gated-silu`, ...: transformers' `feed_forward_proj`. A gated
+    /// `gelu` is the tanh approximation, as transformers maps it to `gelu_new`.
+    fn feed_forward(&self) -> std::result::Result<(Activation, bool), String> {
+        let (gated, name) = match self.feed_forward_proj.strip_prefix("gated-") {
+            Some(name) => (true, name),
+            None => (false, self.feed_forward_proj.as_str()),
+        };
+        let name = if gated && name == "gelu" {
+            "gelu_new"
+        } else {
+            name
+        };
+        let activation = serde_json::from_value(serde_json::Value::String(name.to_string()))
+            .map_err(|_| {
+                format!(
+                    "feed_forward_proj `{}` is not supported",
+                    self.feed_forward_proj
+                )
+            })?;
+        Ok((activation, gated))
+    }
+
+    /// The token the decoder starts from (the padding token for T5).
+    pub fn decoder_start(&self) -> u32 {
+        self.decoder_start_token_id.unwrap_or(self.pad_token_id)
+    }
+}
+
+/// Which way relative positions are bucketed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// The encoder: keys before and after the query.
+    Both,
+    /// The decoder: keys up to the query only.
+    Past,
+}
+
+/// T5's relative position bucket for `key - query`, computed in f32 as transformers does so
+/// that bucket boundaries agree.
+fn bucket(relative: i64, direction: Direction, num_buckets: usize, max_distance: usize) -> u32 {
+    let (mut buckets, mut base) = (num_buckets as i64, 0i64);
+    let distance = match direction {
+        Direction::Both => {
+            buckets /= 2;
+            if relative > 0 {
+                base = buckets;
+            }
+            relative.abs()
+        }
+        Direction::Past => (-relative).max(0),
+    };
+    let max_exact = buckets / 2;
+    if distance < max_exact {
+        return (base + distance) as u32;
+    }
+    let ratio = (distance as f32 / max_exact as f32).ln();
+    let span = (max_distance as f64 / max_exact as f64).ln() as f32;
+    let large = max_exact + (ratio / span * (buckets - max_exact) as f32) as i64;
+    (base + large.min(buckets - 1)) as u32
+}
+
+/// The learned relative position bias of a stack's first layer, shared by all its layers.
+struct PositionBias {
+    embedding: Embedding,
+    direction: Direction,
+    num_buckets: usize,
+    max_distance: usize,
+}
+
+impl PositionBias {
+    /// `(1, heads, queries, keys)` for queries at `offset..offset + queries`.
+    fn forward(
+        &self,
+        queries: usize,
+        keys: usize,
+        offset: usize,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let buckets: Vec<u32> = (0..queries)
+            .flat_map(|q| {
+                (0..keys).map(move |k| {
+                    let relative = k as i64 - (q + offset) as i64;
+                    bucket(
+                        relative,
+                        self.direction,
+                        self.num_buckets,
+                        self.max_distance,
+                    )
+                })
+            })
+            .collect();
+        let buckets = Tensor::from_vec(buckets, (queries, keys), device)?;
+        self.embedding
+            .forward(&buckets)?
+            .permute((2, 0, 1))?
+            .unsqueeze(0)
+    }
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+    d_kv: usize,
+}
+
+impl Attention {
+    fn load(vb: VarBuilder, cfg: &T5Config) -> Result<Self> {
+        let inner = cfg.num_heads * cfg.d_kv;
+        Ok(Attention {
+            q: candle_nn::linear_no_bias(cfg.d_model, inner, vb.pp("q"))?,
+            k: candle_nn::linear_no_bias(cfg.d_model, inner, vb.pp("k"))?,
+            v: candle_nn::linear_no_bias(cfg.d_model, inner, vb.pp("v"))?,
+            o: candle_nn::linear_no_bias(inner, cfg.d_model, vb.pp("o"))?,
+            heads: cfg.num_heads,
+            d_kv: cfg.d_kv,
+        })
+    }
+
+    /// `(batch, seq, d_model)` → `(batch, heads, seq, d_kv)`.
+    fn split(&self, xs: &Tensor) -> Result<Tensor> {
+        let (rows, seq, _) = xs.dims3()?;
+        xs.reshape((rows, seq, self.heads, self.d_kv))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    fn keys_values(&self, xs: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.split(&self.k.forward(xs)?)?,
+            self.split(&self.v.forward(xs)?)?,
+        ))
+    }
+
+    /// Attention of `xs` over `keys`/`values` with an additive `bias`; T5 does not scale
+    /// the scores.
+    fn attend(&self, xs: &Tensor, keys: &Tensor, values: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let (rows, seq, _) = xs.dims3()?;
+        let query = self.split(&self.q.forward(xs)?)?;
+        let scores = query.matmul(&keys.t()?)?.broadcast_add(bias)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
+            .to_dtype(xs.dtype())?;
+        let context =
+            probs
+                .matmul(values)?
+                .transpose(1, 2)?
+                .reshape((rows, seq, self.heads * self.d_kv))?;
+        self.o.forward(&context)
+    }
+}
+
+/// T5's LayerNorm: RMS only, no mean and no bias, computed in f32.
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn load(vb: VarBuilder, cfg: &T5Config) -> Result<Self> {
+        Ok(RmsNorm {
+            weight: vb.get(cfg.d_model, "weight")?,
+            eps: cfg.layer_norm_epsilon as f32,
+        })
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let dtype = xs.dtype();
+        let normed = candle_nn::ops::rms_norm(
+            &xs.to_dtype(DType::F32)?,
+            &self.weight.to_dtype(DType::F32)?,
+            self.eps,
+        )?;
+        normed.to_dtype(dtype)
+    }
+}
+
+struct FeedForward {
+    wi: Linear,
+    /// The gate's second input projection (gated variants only).
+    wi_gate: Option<Linear>,
+    wo: Linear,
+    activation: Activation,
+    norm: RmsNorm,
+}
+
+impl FeedForward {
+    fn load(vb: VarBuilder, cfg: &T5Config) -> Result<Self> {
+        let (activation, gated) = cfg.feed_forward().map_err(candle_core::Error::msg)?;
+        let dense = vb.pp("DenseReluDense");
+        let (wi, wi_gate) = if gated {
+            (
+                candle_nn::linear_no_bias(cfg.d_model, cfg.d_ff, dense.pp("wi_0"))?,
+                Some(candle_nn::linear_no_bias(
+                    cfg.d_model,
+                    cfg.d_ff,
+                    dense.pp("wi_1"),
+                )?),
+            )
+        } else {
+            (
+                candle_nn::linear_no_bias(cfg.d_model, cfg.d_ff, dense.pp("wi"))?,
+                None,
+            )
+        };
+        Ok(FeedForward {
+            wi,
+            wi_gate,
+            wo: candle_nn::linear_no_bias(cfg.d_ff, cfg.d_model, dense.pp("wo"))?,
+            activation,
+            norm: RmsNorm::load(vb.pp("layer_norm"), cfg)?,
+        })
+    }
+
+    /// The residual block: `xs + FF(norm(xs))`.
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let normed = self.norm.forward(xs)?;
+        let mut hidden = self.activation.forward(&self.wi.forward(&normed)?)?;
+        if let Some(gate) = &self.wi_gate {
+            hidden = (hidden * gate.forward(&normed)?)?;
+        }
+        xs + self.wo.forward(&hidden)?
+    }
+}
+
+struct EncoderBlock {
+    attention: Attention,
+    attention_norm: RmsNorm,
+    feed_forward: FeedForward,
+}
+
+struct DecoderBlock {
+    self_attention: Attention,
+    self_norm: RmsNorm,
+    cross_attention: Attention,
+    cross_norm: RmsNorm,
+    feed_forward: FeedForward,
+}
+
+pub struct T5 {
+    shared: Embedding,
+    encoder: Vec<EncoderBlock>,
+    encoder_bias: PositionBias,
+    encoder_norm: RmsNorm,
+    decoder: Vec<DecoderBlock>,
+    decoder_bias: PositionBias,
+    decoder_norm: RmsNorm,
+    /// `(vocab, d_model)`: the shared embeddings when tied, else `lm_head.weight`.
+    lm_head: Tensor,
+    /// v1.0's tied head sees the decoder output scaled by d_model^-0.5.
+    head_scale: f64,
+    config: T5Config,
+}
+
+impl T5 {
+    pub fn load(vb: VarBuilder, cfg: &T5Config) -> Result<Self> {
+        cfg.feed_forward().map_err(candle_core::Error::msg)?;
+        let shared = candle_nn::embedding(cfg.vocab_size, cfg.d_model, vb.pp("shared"))?;
+        let bias = |stack: &str, direction| -> Result<PositionBias> {
+            Ok(PositionBias {
+                embedding: candle_nn::embedding(
+                    cfg.relative_attention_num_buckets,
+                    cfg.num_heads,
+                    vb.pp(stack)
+                        .pp("block.0.layer.0.SelfAttention.relative_attention_bias"),
+                )?,
+                direction,
+                num_buckets: cfg.relative_attention_num_buckets,
+                max_distance: cfg.relative_attention_max_distance,
+            })
+        };
+        let encoder = (0..cfg.num_layers)
+            .map(|i| {
+                let block = vb.pp("encoder.block").pp(i).pp("layer");
+                Ok(EncoderBlock {
+                    attention: Attention::load(block.pp("0.SelfAttention"), cfg)?,
+                    attention_norm: RmsNorm::load(block.pp("0.layer_norm"), cfg)?,
+                    feed_forward: FeedForward::load(block.pp("1"), cfg)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let decoder = (0..cfg.num_decoder_layers.unwrap_or(cfg.num_layers))
+            .map(|i| {
+                let block = vb.pp("decoder.block").pp(i).pp("layer");
+                Ok(DecoderBlock {
+                    self_attention: Attention::load(block.pp("0.SelfAttention"), cfg)?,
+                    self_norm: RmsNorm::load(block.pp("0.layer_norm"), cfg)?,
+                    cross_attention: Attention::load(block.pp("1.EncDecAttention"), cfg)?,
+                    cross_norm: RmsNorm::load(block.pp("1.layer_norm"), cfg)?,
+                    feed_forward: FeedForward::load(block.pp("2"), cfg)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let (lm_head, head_scale) = if cfg.tie_word_embeddings {
+            (shared.embeddings().clone(), (cfg.d_model as f64).powf(-0.5))
+        } else {
+            (
+                vb.get((cfg.vocab_size, cfg.d_model), "lm_head.weight")?,
+                1.0,
+            )
+        };
+        Ok(T5 {
+            encoder_bias: bias("encoder", Direction::Both)?,
+            encoder_norm: RmsNorm::load(vb.pp("encoder.final_layer_norm"), cfg)?,
+            decoder_bias: bias("decoder", Direction::Past)?,
+            decoder_norm: RmsNorm::load(vb.pp("decoder.final_layer_norm"), cfg)?,
+            shared,
+            encoder,
+            decoder,
+            lm_head,
+            head_scale,
+            config: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &T5Config {
+        &self.config
+    }
+
+    /// Encoder hidden states `(batch, seq, d_model)` for `input_ids` with `mask` (1 = attend).
+    pub fn encode(&self, input_ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let seq = input_ids.dim(1)?;
+        let mut xs = self.shared.forward(input_ids)?;
+        let bias = self
+            .encoder_bias
+            .forward(seq, seq, 0, xs.device())?
+            .to_dtype(xs.dtype())?
+            .broadcast_add(&layers::attention_bias(mask, xs.dtype())?)?;
+        for block in &self.encoder {
+            let normed = block.attention_norm.forward(&xs)?;
+            let (keys, values) = block.attention.keys_values(&normed)?;
+            xs = (&xs + block.attention.attend(&normed, &keys, &values, &bias)?)?;
+            xs = block.feed_forward.forward(&xs)?;
+        }
+        self.encoder_norm.forward(&xs)
+    }
+
+    /// Per decoder layer: cross-attention keys and values of the encoder output, computed
+    /// once per input.
+    fn cross_keys_values(&self, encoded: &Tensor) -> Result<Vec<(Tensor, Tensor)>> {
+        self.decoder
+            .iter()
+            .map(|block| block.cross_attention.keys_values(encoded))
+            .collect()
+    }
+
+    /// Decoder hidden states for `input_ids` `(rows, new)` after what `cache` holds.
+    fn decode(
+        &self,
+        input_ids: &Tensor,
+        cross: &[(Tensor, Tensor)],
+        cross_bias: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let new = input_ids.dim(1)?;
+        let past = cache.len();
+        let mut xs = self.shared.forward(input_ids)?;
+        let dtype = xs.dtype();
+        let mut bias = self
+            .decoder_bias
+            .forward(new, past + new, past, xs.device())?
+            .to_dtype(dtype)?;
+        if new > 1 {
+            let lowest = layers::lowest(dtype) as f32;
+            let future: Vec<f32> = (0..new)
+                .flat_map(|i| (0..past + new).map(move |j| if j > past + i { lowest } else { 0.0 }))
+                .collect();
+            let future =
+                Tensor::from_vec(future, (1, 1, new, past + new), xs.device())?.to_dtype(dtype)?;
+            bias = bias.broadcast_add(&future)?;
+        }
+        for (layer, block) in self.decoder.iter().enumerate() {
+            let normed = block.self_norm.forward(&xs)?;
+            let (keys, values) = block.self_attention.keys_values(&normed)?;
+            let (keys, values) = cache.append(layer, &keys, &values)?;
+            xs = (&xs
+                + block
+                    .self_attention
+                    .attend(&normed, &keys, &values, &bias)?)?;
+            let normed = block.cross_norm.forward(&xs)?;
+            let (cross_keys, cross_values) = &cross[layer];
+            xs = (&xs
+                + block
+                    .cross_attention
+                    .attend(&normed, cross_keys, cross_values, cross_bias)?)?;
+            xs = block.feed_forward.forward(&xs)?;
+        }
+        cache.advance(new);
+        self.decoder_norm.forward(&xs)
+    }
+
+    /// Vocabulary logits `(rows, seq, vocab)` for decoder hidden states.
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let (rows, seq, d_model) = hidden.dims3()?;
+        (hidden.reshape((rows * seq, d_model))? * self.head_scale)?
+            .matmul(&self.lm_head.t()?)?
+            .reshape((rows, seq, ()))
+    }
+}
+
+/// T5 mid-generation: encoder outputs and cross-attention keys/values computed once, and a
+/// self-attention cache that beam search can reorder.
+pub struct T5Session<'a> {
+    model: &'a T5,
+    cross: Vec<(Tensor, Tensor)>,
+    cross_bias: Tensor,
+    cache: KvCache,
+}
+
+impl<'a> T5Session<'a> {
+    /// Encodes a right-padded batch; every input gets `rows_per_input` decoder rows (beams),
+    /// each with room for `max_new` decoder positions (the start token included).
+    pub fn start(
+        model: &'a T5,
+        input_ids: &Tensor,
+        mask: &Tensor,
+        rows_per_input: usize,
+        max_new: usize,
+    ) -> Result<Self> {
+        let encoded = model.encode(input_ids, mask)?;
+        let (encoded, mask) = if rows_per_input > 1 {
+            let rows: Vec<u32> = (0..input_ids.dim(0)? as u32)
+                .flat_map(|i| std::iter::repeat_n(i, rows_per_input))
+                .collect();
+            let rows = Tensor::new(rows, input_ids.device())?;
+            (
+                encoded.index_select(&rows, 0)?,
+                mask.index_select(&rows, 0)?,
+            )
+        } else {
+            (encoded, mask.clone())
+        };
+        let cfg = &model.config;
+        let cache = KvCache::new(
+            model.decoder.len(),
+            encoded.dim(0)?,
+            cfg.num_heads,
+            cfg.d_kv,
+            max_new,
+            encoded.dtype(),
+            encoded.device(),
+        )?;
+        Ok(T5Session {
+            cross: model.cross_keys_values(&encoded)?,
+            cross_bias: layers::attention_bias(&mask, encoded.dtype())?,
+            cache,
+            model,
+        })
+    }
+
+    /// Decoder logits `(rows, new, vocab)` for `tokens` `(rows, new)`, fed after the cache:
+    /// for checking cached decoding against a single pass.
+    pub fn forward(&mut self, tokens: &Tensor) -> Result<Tensor> {
+        let hidden = self
+            .model
+            .decode(tokens, &self.cross, &self.cross_bias, &mut self.cache)?;
+        self.model.logits(&hidden)
+    }
+}
+
+impl crate::generation::Decoder for T5Session<'_> {
+    fn step(&mut self, tokens: &[u32]) -> crate::Result<Tensor> {
+        let ids = Tensor::from_slice(tokens, (tokens.len(), 1), self.cross_bias.device())?;
+        Ok(self.forward(&ids)?.squeeze(1)?)
+    }
+
+    /// Beams are reordered within their input's group only, where the cross-attention keys
+    /// and values are the same, so only the self-attention cache moves.
+    fn reorder(&mut self, rows: &[u32]) -> crate::Result<()> {
+        let rows = Tensor::new(rows, self.cross_bias.device())?;
+        Ok(self.cache.reorder(&rows)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_follow_t5() {
+        // Bidirectional, 32 buckets, max distance 128: exact below 8, log-spaced above.
+        assert_eq!(bucket(0, Direction::Both, 32, 128), 0);
+        assert_eq!(bucket(3, Direction::Both, 32, 128), 19);
+        assert_eq!(bucket(-3, Direction::Both, 32, 128), 3);
+        assert_eq!(bucket(-1000, Direction::Both, 32, 128), 15);
+        assert_eq!(bucket(1000, Direction::Both, 32, 128), 31);
+        // Decoder: only the past counts.
+        assert_eq!(bucket(5, Direction::Past, 32, 128), 0);
+        assert_eq!(bucket(-5, Direction::Past, 32, 128), 5);
+        assert_eq!(bucket(-1000, Direction::Past, 32, 128), 31);
+    }
+}
