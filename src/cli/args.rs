@@ -32,6 +32,8 @@ pub enum Command {
     /// Run an encoder-decoder (T5 family) on the input as given
     #[command(name = "text2text")]
     Text2Text(Text2TextArgs),
+    /// Embed texts as sentence vectors
+    Embed(EmbedArgs),
     /// Fetch a model into the Hugging Face cache
     Download(DownloadArgs),
     /// Print shell completions
@@ -215,6 +217,24 @@ pub struct TranslateArgs {
     pub to: String,
     #[command(flatten)]
     pub common: Text2TextArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub input: InputArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Pooling, replacing the checkpoint's 1_Pooling/config.json (default there, else mean)
+    #[arg(long, value_name = "MODE", help_heading = "Embedding")]
+    pub pooling: Option<crate::tasks::embed::Pooling>,
+    /// Scale vectors to unit length (the default when the checkpoint has a Normalize module)
+    #[arg(long, help_heading = "Embedding")]
+    pub normalize: bool,
 }
 
 #[derive(Debug, Args)]

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 pub use args::Cli;
 use args::{
-    ClassifyArgs, Command, DeviceArgs, DownloadArgs, GenerateArgs, InputArgs, ModelArgs,
+    ClassifyArgs, Command, DeviceArgs, DownloadArgs, EmbedArgs, GenerateArgs, InputArgs, ModelArgs,
     SamplingArgs, Seq2SeqArgs, Text2TextArgs,
 };
 use output::{RecordWriter, RepeatedWarning, Reporter};
@@ -22,6 +22,7 @@ use crate::batch::{self, InputSource, Record, Records, Summary};
 use crate::generation::{FinishReason, Overrides};
 use crate::hub::{self, HubOptions, ModelRepo};
 use crate::tasks::classify::{self, Classification, Classifier, LabelScore};
+use crate::tasks::embed::{self, EmbedChoices, Embedder, Embedding};
 use crate::tasks::generate::{self as text_generation, Completion, TextGenerator};
 use crate::tasks::text2text::{self, Output, Seq2Seq, Seq2SeqTask};
 use crate::tasks::LoadOptions;
@@ -44,6 +45,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Classify(args) => classify(args),
         Command::Generate(args) => generate(args),
+        Command::Embed(args) => embed(args),
         Command::Translate(args) => {
             let task = Seq2SeqTask::Translate {
                 from: args.from,
@@ -384,6 +386,58 @@ fn seq2seq(args: Text2TextArgs, task: Seq2SeqTask) -> anyhow::Result<Outcome> {
                 token_ids: &output.tokens,
             };
             writer.ok(&json, || output.text.clone())
+        },
+    )?;
+    truncated.finish(&reporter);
+    Ok(outcome)
+}
+
+#[derive(Serialize)]
+struct EmbedRecord<'a> {
+    index: usize,
+    text: &'a str,
+    embedding: &'a [f32],
+}
+
+fn embed(args: EmbedArgs) -> anyhow::Result<Outcome> {
+    let reporter = Reporter::new(args.output.quiet);
+    let source = input_source(&args.input)?;
+    let model = args.model.model.as_deref().unwrap_or(embed::DEFAULT_MODEL);
+    let choices = EmbedChoices {
+        pooling: args.pooling,
+        normalize: args.normalize.then_some(true),
+    };
+    let embedder = Embedder::load(
+        model,
+        &load_options(&args.model, &args.device, &reporter),
+        &choices,
+    )?;
+    let mut truncated = RepeatedWarning::new("were truncated to the model window");
+    let mut writer = RecordWriter::new(args.output.json);
+    let outcome = run_batch(
+        source,
+        args.input.batch_size,
+        &reporter,
+        &mut writer,
+        |texts| embedder.embed(texts),
+        |writer, record, embedding: &Embedding| {
+            if embedding.truncated {
+                truncated.note(&reporter, || {
+                    format!(
+                        "input {} is longer than the model window and was truncated",
+                        record.index
+                    )
+                });
+            }
+            let json = EmbedRecord {
+                index: record.index,
+                text: record.text.as_deref().unwrap_or_default(),
+                embedding: &embedding.vector,
+            };
+            writer.ok(&json, || {
+                let values: Vec<String> = embedding.vector.iter().map(|v| v.to_string()).collect();
+                values.join(" ")
+            })
         },
     )?;
     truncated.finish(&reporter);

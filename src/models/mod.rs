@@ -19,7 +19,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
 
-pub use encoder::{EncoderConfig, Positions};
+pub use encoder::{Encoder, EncoderConfig, Positions};
 pub use heads::SequenceClassifier;
 
 use crate::error::{Error, Result};
@@ -142,6 +142,16 @@ impl ModelConfig {
             .and_then(|value| serde_json::from_value(value.clone()).ok())
             .unwrap_or_default();
         let model_type = json.get("model_type").and_then(|v| v.as_str());
+        // Like transformers' AutoModel, any checkpoint of an encoder family has its encoder.
+        if let (Task::Embed, Some(family)) = (task, model_type.and_then(encoder_family)) {
+            return Ok(ModelConfig {
+                path: path.to_path_buf(),
+                architecture: architectures.first().cloned().unwrap_or_default(),
+                family,
+                task,
+                json,
+            });
+        }
         if let Some(entry) = REGISTRY
             .iter()
             .find(|e| e.task == task && architectures.iter().any(|a| a == e.architecture))
@@ -197,6 +207,30 @@ pub fn mmap_weights(
     }
     // SAFETY: as above.
     Ok(unsafe { VarBuilder::from_mmaped_safetensors(paths, dtype, device) }?)
+}
+
+/// The bare encoder of a BERT-family checkpoint, whether its weights sit under the family's
+/// prefix (a checkpoint with a head) or at the top (a base model).
+pub fn load_encoder(
+    config: &ModelConfig,
+    encoder_config: &EncoderConfig,
+    vb: VarBuilder,
+) -> Result<Encoder> {
+    let (prefix, weights) = match config.family {
+        Family::Bert => ("bert", &bert::WEIGHTS),
+        Family::Roberta => ("roberta", &bert::WEIGHTS),
+        Family::DistilBert => ("distilbert", &distilbert::WEIGHTS),
+        Family::Gpt2 | Family::T5 => {
+            return Err(Error::config(&config.path, "not a BERT-family encoder"))
+        }
+    };
+    let probe = format!("{prefix}.{}.word_embeddings.weight", weights.embeddings);
+    let vb = if vb.contains_tensor(&probe) {
+        vb.pp(prefix)
+    } else {
+        vb
+    };
+    encoder::Encoder::load(vb, encoder_config, weights).map_err(Error::WeightLayout)
 }
 
 /// Builds a sequence classifier for a registered `*ForSequenceClassification` checkpoint.
@@ -258,7 +292,22 @@ fn mismatch(architecture: &str, architectures: &[String], task: Task) -> Error {
     }
 }
 
+/// The BERT-family encoders by `model_type`.
+fn encoder_family(model_type: &str) -> Option<Family> {
+    match model_type {
+        "bert" => Some(Family::Bert),
+        "roberta" => Some(Family::Roberta),
+        "distilbert" => Some(Family::DistilBert),
+        _ => None,
+    }
+}
+
 fn supported_for(task: Task) -> String {
+    if task == Task::Embed {
+        return "for `llmx embed`: BERT, RoBERTa and DistilBERT checkpoints (model_type bert, \
+                roberta, distilbert), with or without a task head"
+            .to_string();
+    }
     let names: Vec<&str> = REGISTRY
         .iter()
         .filter(|e| e.task == task)

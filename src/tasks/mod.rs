@@ -2,6 +2,7 @@
 //! tokenizer, device) and runs the same pipeline: tokenize → forward → decode.
 
 pub mod classify;
+pub mod embed;
 pub mod generate;
 pub mod text2text;
 
