@@ -7,6 +7,8 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
@@ -34,6 +36,8 @@ pub struct Records {
     current: Option<(PathBuf, Box<dyn BufRead>)>,
     next_index: usize,
     line: Vec<u8>,
+    field: Option<String>,
+    bytes_read: Arc<AtomicU64>,
 }
 
 impl Records {
@@ -48,13 +52,68 @@ impl Records {
             current: None,
             next_index: 0,
             line: Vec::new(),
+            field: None,
+            bytes_read: Arc::default(),
         }
+    }
+
+    /// Reads each line as a JSON object and takes the text from its string field `name`.
+    pub fn with_field(mut self, name: Option<String>) -> Self {
+        self.field = name;
+        self
+    }
+
+    /// Bytes of input files read so far, for progress.
+    pub fn bytes_read(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.bytes_read)
     }
 
     fn record(&mut self, text: std::result::Result<String, String>) -> Record {
         let index = self.next_index;
         self.next_index += 1;
+        let text = match &self.field {
+            Some(field) => text.and_then(|line| json_field(&line, field)),
+            None => text,
+        };
         Record { index, text }
+    }
+}
+
+/// The string field `field` of a JSON object line.
+pub fn json_field(line: &str, field: &str) -> std::result::Result<String, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("input is not a JSON object: {e}"))?;
+    match value.get(field) {
+        Some(serde_json::Value::String(text)) => Ok(text.clone()),
+        Some(_) => Err(format!("field `{field}` is not a string")),
+        None => Err(format!("input has no field `{field}`")),
+    }
+}
+
+/// Which records this process handles: `K/N` takes those whose index is K modulo N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let parsed = s
+            .split_once('/')
+            .and_then(|(k, n)| Some((k.trim().parse().ok()?, n.trim().parse().ok()?)));
+        match parsed {
+            Some((index, count)) if count > 0 && index < count => Ok(Shard { index, count }),
+            _ => Err(format!("`{s}` is not a shard K/N with 0 <= K < N")),
+        }
+    }
+}
+
+impl Shard {
+    pub fn takes(&self, index: usize) -> bool {
+        index % self.count == self.index
     }
 }
 
@@ -96,7 +155,8 @@ impl Iterator for Records {
             self.line.clear();
             match reader.read_until(b'\n', &mut self.line) {
                 Ok(0) => self.current = None,
-                Ok(_) => {
+                Ok(n) => {
+                    self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
                     let mut line = std::mem::take(&mut self.line);
                     if line.last() == Some(&b'\n') {
                         line.pop();
@@ -122,14 +182,22 @@ impl Iterator for Records {
 pub struct Summary {
     pub records: usize,
     pub failed: usize,
+    /// A stop was requested (SIGINT, SIGTERM) and the run ended between records.
+    pub interrupted: bool,
 }
 
 /// Runs `process` over the records in chunks of `batch_size` and hands every result to `emit`
 /// in input order. Records that failed before processing, and whole chunks whose processing
-/// failed, are emitted as errors; the run goes on.
+/// failed, are emitted as errors; the run goes on. When `stop` is set the run ends after the
+/// chunk at hand, so every record emitted is whole.
+///
+/// `done_before` records were handled by an earlier run being resumed: chunks stay aligned
+/// with that run's, so every batch holds the same inputs and gives the same bits.
 pub fn run<T, P, E>(
-    records: Records,
+    records: impl Iterator<Item = Result<Record>>,
     batch_size: usize,
+    done_before: usize,
+    stop: &AtomicBool,
     mut process: P,
     mut emit: E,
 ) -> Result<Summary>
@@ -140,14 +208,20 @@ where
     let mut summary = Summary::default();
     let mut chunk: Vec<Record> = Vec::with_capacity(batch_size);
     let mut records = records.peekable();
+    let mut chunk_size = batch_size - done_before % batch_size;
     while records.peek().is_some() {
+        if stop.load(Ordering::Relaxed) {
+            summary.interrupted = true;
+            break;
+        }
         chunk.clear();
-        while chunk.len() < batch_size {
+        while chunk.len() < chunk_size {
             match records.next() {
                 Some(record) => chunk.push(record?),
                 None => break,
             }
         }
+        chunk_size = batch_size;
         let texts: Vec<&str> = chunk
             .iter()
             .filter_map(|r| r.text.as_deref().ok())
@@ -199,6 +273,28 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    #[test]
+    fn shards_split_by_index() {
+        let shard: Shard = "1/3".parse().unwrap();
+        let taken: Vec<usize> = (0..7).filter(|&i| shard.takes(i)).collect();
+        assert_eq!(taken, [1, 4]);
+        assert!("3/3".parse::<Shard>().is_err());
+        assert!("1/0".parse::<Shard>().is_err());
+        assert!("x".parse::<Shard>().is_err());
+    }
+
+    #[test]
+    fn jsonl_fields_are_read_or_reported() {
+        assert_eq!(
+            json_field(r#"{"text": "hi"}"#, "text"),
+            Ok("hi".to_string())
+        );
+        assert!(json_field(r#"{"other": 1}"#, "text")
+            .unwrap_err()
+            .contains("no field"));
+        assert!(json_field("not json", "text").unwrap_err().contains("JSON"));
+    }
+
     fn texts(source: InputSource) -> Vec<std::result::Result<String, String>> {
         Records::new(source).map(|r| r.unwrap().text).collect()
     }
@@ -222,6 +318,8 @@ mod tests {
         let summary = run(
             Records::new(source),
             2,
+            0,
+            &AtomicBool::new(false),
             |texts| {
                 Ok(texts
                     .iter()
@@ -241,7 +339,8 @@ mod tests {
             summary,
             Summary {
                 records: 3,
-                failed: 1
+                failed: 1,
+                interrupted: false,
             }
         );
         assert_eq!(seen[0], (0, Ok(1)));

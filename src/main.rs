@@ -6,6 +6,7 @@ fn main() -> ExitCode {
     match cli::main() {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::SomeFailed) => ExitCode::from(1),
+        Ok(Outcome::Interrupted) => ExitCode::from(130),
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("llmx: error: {}", llmx::batch::error_chain(error.as_ref()));

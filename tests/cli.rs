@@ -669,3 +669,214 @@ fn generate_rejects_bad_settings_and_wrong_models() {
         stderr(&output)
     );
 }
+
+/// Lines for batch tests: varied, with an empty line and a non-UTF-8 one.
+fn batch_input(dir: &Path, lines: usize) -> PathBuf {
+    let mut content = Vec::new();
+    for i in 0..lines {
+        match i % 10 {
+            3 => content.extend_from_slice(b""),
+            7 => content.extend_from_slice(b"bad \xff line"),
+            9 => content.extend_from_slice("the movie was great ".repeat(40).as_bytes()),
+            _ => content.extend_from_slice(
+                format!("line {i}: I hate this movie, my dog is cute").as_bytes(),
+            ),
+        }
+        content.push(b'\n');
+    }
+    let path = dir.join("input.txt");
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+fn classify_file(cache: &Path, input: &Path, extra: &[&str]) -> Output {
+    run(llmx(cache)
+        .args(["classify", "--json", "--batch-size", "4", "--model"])
+        .arg(fixture("bert-cls3"))
+        .arg("--input")
+        .arg(input)
+        .args(extra))
+}
+
+#[test]
+fn a_batch_file_gives_one_ordered_record_per_line() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = batch_input(dir.path(), 30);
+    let output = classify_file(cache.path(), &input, &[]);
+    assert_eq!(output.status.code(), Some(1), "the bad lines fail");
+    let records = json_lines(&output);
+    assert_eq!(records.len(), 30);
+    for (i, record) in records.iter().enumerate() {
+        assert_eq!(record["index"], i);
+        assert_eq!(record.get("error").is_some(), i % 10 == 7, "{record}");
+    }
+    let message = stderr(&output);
+    assert_eq!(
+        message.matches("was truncated").count(),
+        1,
+        "one warning, then a count: {message}"
+    );
+    assert!(message.contains("3 inputs were truncated"), "{message}");
+    assert!(
+        message.contains("30 records, 3 failed"),
+        "the closing summary: {message}"
+    );
+}
+
+#[test]
+fn shards_cover_the_file_exactly_once() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = batch_input(dir.path(), 25);
+    let whole = json_lines(&classify_file(cache.path(), &input, &[]));
+    let mut merged: Vec<Value> = (0..3)
+        .flat_map(|k| {
+            json_lines(&classify_file(
+                cache.path(),
+                &input,
+                &["--shard", &format!("{k}/3")],
+            ))
+        })
+        .collect();
+    merged.sort_by_key(|r| r["index"].as_u64().unwrap());
+    assert_eq!(merged.len(), whole.len());
+    for (shard, straight) in merged.iter().zip(&whole) {
+        // Shards batch other inputs together, which moves scores in the last float digits.
+        assert_eq!(shard["index"], straight["index"]);
+        assert_eq!(shard["label"], straight["label"]);
+        assert_eq!(shard["error"], straight["error"]);
+        if let (Some(a), Some(b)) = (shard["score"].as_f64(), straight["score"].as_f64()) {
+            assert!((a - b).abs() < 1e-5, "{shard} vs {straight}");
+        }
+    }
+}
+
+#[test]
+fn a_resumed_output_equals_a_straight_run() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = batch_input(dir.path(), 40);
+    let straight = dir.path().join("straight.jsonl");
+    classify_file(
+        cache.path(),
+        &input,
+        &["--output", straight.to_str().unwrap()],
+    );
+    let expected = std::fs::read_to_string(&straight).unwrap();
+    assert_eq!(expected.lines().count(), 40);
+
+    // A run killed mid-record: 17 whole records and half of the next.
+    let partial = dir.path().join("partial.jsonl");
+    let lines: Vec<&str> = expected.lines().collect();
+    let mut killed = lines[..17].join("\n");
+    killed.push('\n');
+    killed.push_str(&lines[17][..lines[17].len() / 2]);
+    std::fs::write(&partial, killed).unwrap();
+    let resumed = classify_file(
+        cache.path(),
+        &input,
+        &["--output", partial.to_str().unwrap(), "--resume"],
+    );
+    assert!(resumed.stdout.is_empty(), "records go to the file");
+    assert_eq!(std::fs::read_to_string(&partial).unwrap(), expected);
+
+    // A real interrupt: SIGTERM mid-run leaves whole records, and --resume completes them.
+    let big = batch_input(dir.path(), 3000);
+    let interrupted = dir.path().join("interrupted.jsonl");
+    let mut child = llmx(cache.path())
+        .args(["classify", "--json", "--batch-size", "4", "--model"])
+        .arg(fixture("bert-cls3"))
+        .arg("--input")
+        .arg(&big)
+        .arg("--output")
+        .arg(&interrupted)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    while std::fs::metadata(&interrupted).map_or(0, |m| m.len()) == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let written = std::fs::read_to_string(&interrupted).unwrap();
+    assert!(written.ends_with('\n'), "only whole records");
+    if status.code() == Some(130) {
+        assert!(written.lines().count() < 3000);
+    }
+    classify_file(
+        cache.path(),
+        &big,
+        &["--output", interrupted.to_str().unwrap(), "--resume"],
+    );
+    let straight_big = dir.path().join("straight-big.jsonl");
+    classify_file(
+        cache.path(),
+        &big,
+        &["--output", straight_big.to_str().unwrap()],
+    );
+    assert_eq!(
+        std::fs::read_to_string(&interrupted).unwrap(),
+        std::fs::read_to_string(&straight_big).unwrap()
+    );
+}
+
+#[test]
+fn jsonl_input_takes_the_named_field() {
+    let cache = tempfile::tempdir().unwrap();
+    let output = run_with_stdin(
+        llmx(cache.path())
+            .args(["classify", "--json", "--field", "review", "--model"])
+            .arg(fixture("bert-cls3")),
+        b"{\"review\": \"Hello, my dog is cute\"}\n{\"other\": 1}\nnot json\n",
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let records = json_lines(&output);
+    assert_eq!(records[0]["text"], "Hello, my dog is cute");
+    assert!(records[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("no field `review`"));
+    assert!(records[2]["error"].as_str().unwrap().contains("JSON"));
+}
+
+#[test]
+fn generate_over_a_file() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("prompts.txt");
+    std::fs::write(&input, format!("{PROMPT}\n\nOnce upon a time\n")).unwrap();
+    let output = run(llmx(cache.path())
+        .args([
+            "generate",
+            "--json",
+            "--greedy",
+            "--max-new-tokens",
+            "20",
+            "--model",
+        ])
+        .arg(fixture("gpt2-tiny"))
+        .arg("--input")
+        .arg(&input));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let records = json_lines(&output);
+    assert_eq!(records.len(), 3);
+    let (ids, _) = transformers_greedy(PROMPT);
+    let got: Vec<u64> = records[0]["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        got, ids,
+        "batched with other prompts, still transformers' greedy ids"
+    );
+    assert_eq!(
+        records[1]["prompt"], "",
+        "an empty prompt starts from the BOS token"
+    );
+}

@@ -80,6 +80,12 @@ pub struct InputArgs {
     /// Inputs per forward pass
     #[arg(long, value_name = "N", default_value = "32", value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
+    /// Input lines are JSON objects; take the text from this string field
+    #[arg(long, value_name = "NAME")]
+    pub field: Option<String>,
+    /// Process only the records whose index is K modulo N (indexes stay those of the whole input)
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<crate::batch::Shard>,
 }
 
 #[derive(Debug, Args)]
@@ -91,6 +97,12 @@ pub struct OutputArgs {
     /// No progress or warnings on stderr
     #[arg(long, short)]
     pub quiet: bool,
+    /// Write records to FILE instead of stdout; a killed run leaves only whole records
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+    /// Continue an --output FILE after its last whole record (needs --json)
+    #[arg(long, requires = "output", requires = "json")]
+    pub resume: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,7 +5,8 @@ mod args;
 mod output;
 
 use std::io::{IsTerminal, Write};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::{CommandFactory, Parser};
@@ -14,7 +15,7 @@ use serde::Serialize;
 pub use args::Cli;
 use args::{
     ClassifyArgs, Command, DeviceArgs, DownloadArgs, EmbedArgs, GenerateArgs, InputArgs, ModelArgs,
-    SamplingArgs, Seq2SeqArgs, Text2TextArgs,
+    OutputArgs, SamplingArgs, Seq2SeqArgs, Text2TextArgs,
 };
 use output::{RecordWriter, RepeatedWarning, Reporter};
 
@@ -34,6 +35,8 @@ pub enum Outcome {
     Success,
     /// Some inputs failed, each reported (exit 1).
     SomeFailed,
+    /// SIGINT or SIGTERM ended a batch job between records (exit 130).
+    Interrupted,
 }
 
 /// Parses the process arguments and runs the command.
@@ -93,48 +96,127 @@ fn input_source(input: &InputArgs) -> anyhow::Result<InputSource> {
     Ok(InputSource::Files(vec!["-".into()]))
 }
 
-/// A spinner with a record count and rate, on a terminal only.
-fn progress(reporter: &Reporter) -> indicatif::ProgressBar {
+/// Set by SIGINT or SIGTERM: batch jobs end after the records at hand.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// A bar over the input's bytes when its size is known, else a record counter; on a
+/// terminal only.
+fn progress(reporter: &Reporter, source: &InputSource) -> indicatif::ProgressBar {
     if !reporter.wants_progress() {
         return indicatif::ProgressBar::hidden();
     }
-    let bar = indicatif::ProgressBar::new_spinner().with_style(
-        indicatif::ProgressStyle::with_template("{spinner} {pos} records  {per_sec}  {elapsed}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-    );
-    bar.enable_steady_tick(Duration::from_millis(120));
+    let total: Option<u64> = match source {
+        InputSource::Files(files) => files
+            .iter()
+            .map(|f| {
+                std::fs::metadata(f)
+                    .ok()
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+            })
+            .sum(),
+        InputSource::Args(_) => None,
+    };
+    let (bar, template) = match total {
+        Some(bytes) => (
+            indicatif::ProgressBar::new(bytes),
+            "{bar:30} {percent:>3}%  {msg}  {elapsed} (ETA {eta})",
+        ),
+        None => (
+            indicatif::ProgressBar::new_spinner(),
+            "{spinner} {msg}  {elapsed}",
+        ),
+    };
+    let style = indicatif::ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
 
-/// Feeds records through `process`, writes each result with `write`, and reports.
+/// The shared batch engine of every task: reads records (arguments, files, stdin; JSONL
+/// fields; a shard), skips what an --output file being resumed already holds, runs
+/// `process` over chunks, writes each result with `write` in input order, shows progress,
+/// and ends between records on SIGINT/SIGTERM.
 fn run_batch<T>(
-    source: InputSource,
-    batch_size: u32,
+    input: &InputArgs,
+    output: &OutputArgs,
     reporter: &Reporter,
-    writer: &mut RecordWriter,
     process: impl FnMut(&[&str]) -> crate::Result<Vec<crate::Result<T>>>,
     mut write: impl FnMut(&mut RecordWriter, &Record, &T) -> std::io::Result<()>,
 ) -> anyhow::Result<Outcome> {
-    let bar = progress(reporter);
+    let source = input_source(input)?;
+    let (mut writer, resume_after) = match &output.output {
+        Some(path) => RecordWriter::file(path, output.json, output.resume)?,
+        None => (RecordWriter::stdout(output.json), None),
+    };
+    if let Err(e) = ctrlc::set_handler(|| STOP.store(true, Ordering::Relaxed)) {
+        reporter.warn(format!("interrupts will not stop cleanly: {e}"));
+    }
+    let bar = progress(reporter, &source);
+    let from_files = matches!(source, InputSource::Files(_));
+    let records = Records::new(source).with_field(input.field.clone());
+    let bytes_read = records.bytes_read();
+    let shard = input.shard;
+    let mut records = records
+        .filter(|record| match record {
+            Ok(record) => shard.is_none_or(|shard| shard.takes(record.index)),
+            Err(_) => true,
+        })
+        .peekable();
+    // Skip what the file being resumed holds, counting it to keep batches aligned.
+    let mut done_before = 0;
+    if let Some(last) = resume_after {
+        while records
+            .next_if(|r| r.as_ref().is_ok_and(|r| r.index <= last))
+            .is_some()
+        {
+            done_before += 1;
+        }
+    }
+    let started = Instant::now();
+    let mut done = 0u64;
     let summary = batch::run(
-        Records::new(source),
-        batch_size as usize,
+        records,
+        input.batch_size as usize,
+        done_before,
+        &STOP,
         process,
         |record, result| {
-            bar.inc(1);
+            done += 1;
+            bar.set_position(bytes_read.load(Ordering::Relaxed));
+            bar.set_message(format!(
+                "{done} records, {:.1}/s",
+                done as f64 / started.elapsed().as_secs_f64().max(1e-9)
+            ));
             match result {
-                Ok(value) => write(writer, record, &value),
+                Ok(value) => write(&mut writer, record, &value),
                 Err(error) => writer.error(record.index, &error),
             }
         },
     );
     bar.finish_and_clear();
-    let Summary { records, failed } = summary?;
-    if failed > 0 {
+    let Summary {
+        records,
+        failed,
+        interrupted,
+    } = summary?;
+    if from_files {
+        reporter.note(format!(
+            "{records} records, {failed} failed, {:.1} s{}",
+            started.elapsed().as_secs_f64(),
+            if interrupted { " (interrupted)" } else { "" }
+        ));
+    } else if failed > 0 {
         reporter.warn(format!("{failed} of {records} inputs failed"));
-        return Ok(Outcome::SomeFailed);
     }
-    Ok(Outcome::Success)
+    Ok(if interrupted {
+        Outcome::Interrupted
+    } else if failed > 0 {
+        Outcome::SomeFailed
+    } else {
+        Outcome::Success
+    })
 }
 
 #[derive(Serialize)]
@@ -148,7 +230,6 @@ struct ClassifyRecord<'a> {
 
 fn classify(args: ClassifyArgs) -> anyhow::Result<Outcome> {
     let reporter = Reporter::new(args.output.quiet);
-    let source = input_source(&args.input)?;
     let model = args
         .model
         .model
@@ -162,12 +243,10 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<Outcome> {
     };
     let window = classifier.window();
     let mut truncated = RepeatedWarning::new("were truncated to the model window");
-    let mut writer = RecordWriter::new(args.output.json);
     let outcome = run_batch(
-        source,
-        args.input.batch_size,
+        &args.input,
+        &args.output,
         &reporter,
-        &mut writer,
         |texts| classifier.classify(texts),
         |writer, record, result: &Classification| {
             if result.truncated {
@@ -234,7 +313,6 @@ struct GenerateRecord<'a> {
 
 fn generate(args: GenerateArgs) -> anyhow::Result<Outcome> {
     let reporter = Reporter::new(args.output.quiet);
-    let source = input_source(&args.input)?;
     let model = args
         .model
         .model
@@ -252,17 +330,20 @@ fn generate(args: GenerateArgs) -> anyhow::Result<Outcome> {
         bail!(problem);
     }
     // Streamed text goes straight to stdout, one prompt at a time.
-    let stream = !args.output.json && (args.stream || std::io::stdout().is_terminal());
-    let batch_size = if stream { 1 } else { args.input.batch_size };
+    let stream = !args.output.json
+        && args.output.output.is_none()
+        && (args.stream || std::io::stdout().is_terminal());
+    let mut input = args.input;
+    if stream {
+        input.batch_size = 1;
+    }
     let window = generator.window();
     let mut truncated = RepeatedWarning::new("lost the start of their prompt to the model window");
     let mut hit_window = RepeatedWarning::new("stopped at the model window");
-    let mut writer = RecordWriter::new(args.output.json);
     let outcome = run_batch(
-        source,
-        batch_size,
+        &input,
+        &args.output,
         &reporter,
-        &mut writer,
         |prompts| {
             if !stream {
                 return generator.generate(prompts, &settings, &args.stop, |_, _| {});
@@ -347,7 +428,6 @@ struct Text2TextRecord<'a> {
 
 fn seq2seq(args: Text2TextArgs, task: Seq2SeqTask) -> anyhow::Result<Outcome> {
     let reporter = Reporter::new(args.output.quiet);
-    let source = input_source(&args.input)?;
     let model = args
         .model
         .model
@@ -363,12 +443,10 @@ fn seq2seq(args: Text2TextArgs, task: Seq2SeqTask) -> anyhow::Result<Outcome> {
         bail!(problem);
     }
     let mut truncated = RepeatedWarning::new("were truncated to the tokenizer's limit");
-    let mut writer = RecordWriter::new(args.output.json);
     let outcome = run_batch(
-        source,
-        args.input.batch_size,
+        &args.input,
+        &args.output,
         &reporter,
-        &mut writer,
         |texts| seq2seq.generate(texts, &settings, &prefix),
         |writer, record, output: &Output| {
             if output.truncated {
@@ -401,7 +479,6 @@ struct EmbedRecord<'a> {
 
 fn embed(args: EmbedArgs) -> anyhow::Result<Outcome> {
     let reporter = Reporter::new(args.output.quiet);
-    let source = input_source(&args.input)?;
     let model = args.model.model.as_deref().unwrap_or(embed::DEFAULT_MODEL);
     let choices = EmbedChoices {
         pooling: args.pooling,
@@ -413,12 +490,10 @@ fn embed(args: EmbedArgs) -> anyhow::Result<Outcome> {
         &choices,
     )?;
     let mut truncated = RepeatedWarning::new("were truncated to the model window");
-    let mut writer = RecordWriter::new(args.output.json);
     let outcome = run_batch(
-        source,
-        args.input.batch_size,
+        &args.input,
+        &args.output,
         &reporter,
-        &mut writer,
         |texts| embedder.embed(texts),
         |writer, record, embedding: &Embedding| {
             if embedding.truncated {

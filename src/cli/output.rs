@@ -1,6 +1,8 @@
 //! Writing results: JSON lines or human-readable text on stdout; warnings on stderr.
 
-use std::io::{self, IsTerminal, Write};
+use std::fs::{File, OpenOptions};
+use std::io::{self, IsTerminal, Read, Seek, SeekFrom, Write};
+use std::path::Path;
 
 use serde::Serialize;
 
@@ -17,6 +19,13 @@ impl Reporter {
     pub fn warn(&self, message: impl std::fmt::Display) {
         if !self.quiet {
             eprintln!("llmx: warning: {message}");
+        }
+    }
+
+    /// A closing note (counts, timings).
+    pub fn note(&self, message: impl std::fmt::Display) {
+        if !self.quiet {
+            eprintln!("llmx: {message}");
         }
     }
 
@@ -52,9 +61,9 @@ impl RepeatedWarning {
     }
 }
 
-/// stdout, buffered; one record per line.
+/// Where records go: stdout or `--output FILE`; one record per line, each written whole.
 pub struct RecordWriter {
-    out: io::BufWriter<io::Stdout>,
+    out: io::BufWriter<Box<dyn Write>>,
     json: bool,
 }
 
@@ -65,11 +74,35 @@ struct ErrorRecord<'a> {
 }
 
 impl RecordWriter {
-    pub fn new(json: bool) -> Self {
+    pub fn stdout(json: bool) -> Self {
         RecordWriter {
-            out: io::BufWriter::new(io::stdout()),
+            out: io::BufWriter::new(Box::new(io::stdout())),
             json,
         }
+    }
+
+    /// Records into `path`. With `resume`, the whole records already there are kept (a
+    /// partial last line from a killed run is cut off) and the index of the last one is
+    /// returned; otherwise the file starts empty.
+    pub fn file(path: &Path, json: bool, resume: bool) -> anyhow::Result<(Self, Option<usize>)> {
+        use anyhow::Context;
+        let mut options = OpenOptions::new();
+        options.create(true).read(true).write(true);
+        let mut file = options
+            .open(path)
+            .with_context(|| format!("cannot open {} for output", path.display()))?;
+        let last = if resume {
+            resume_point(&mut file).with_context(|| format!("cannot resume {}", path.display()))?
+        } else {
+            file.set_len(0)?;
+            None
+        };
+        file.seek(SeekFrom::End(0))?;
+        let writer = RecordWriter {
+            out: io::BufWriter::new(Box::new(file)),
+            json,
+        };
+        Ok((writer, last))
     }
 
     /// Writes one successful record: `record` as JSON, or `human` as text.
@@ -99,5 +132,74 @@ impl RecordWriter {
             eprintln!("llmx: input {index}: {error}");
             Ok(())
         }
+    }
+}
+
+/// Cuts `file` after its last whole line and returns the `index` of the record on that line.
+fn resume_point(file: &mut File) -> anyhow::Result<Option<usize>> {
+    let len = file.seek(SeekFrom::End(0))?;
+    // Read backwards until the last newline and the one before it are both in view.
+    let mut tail = Vec::new();
+    let mut start = len;
+    let (cut, line_start) = loop {
+        let step = (64 * 1024).min(start);
+        start -= step;
+        let mut block = vec![0; step as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut block)?;
+        block.extend_from_slice(&tail);
+        tail = block;
+        let newlines: Vec<usize> = tail
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'\n')
+            .map(|(i, _)| i)
+            .collect();
+        match newlines.as_slice() {
+            [.., before, last] => break (start + *last as u64 + 1, Some(*before + 1)),
+            [last] if start == 0 => break (*last as u64 + 1, Some(0)),
+            [] if start == 0 => break (0, None),
+            _ => continue,
+        }
+    };
+    file.set_len(cut)?;
+    let Some(line_start) = line_start else {
+        return Ok(None);
+    };
+    let line_end = (cut - start) as usize - 1;
+    let line = &tail[line_start..line_end];
+    let record: serde_json::Value = serde_json::from_slice(line).map_err(|_| {
+        anyhow::anyhow!(
+            "its last line is not a JSON record; --resume needs a file written with --json"
+        )
+    })?;
+    let index = record
+        .get("index")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| anyhow::anyhow!("its last record has no index"))?;
+    Ok(Some(index as usize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_keeps_whole_records_and_finds_the_last_index() {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(b"{\"index\":0}\n{\"index\":2,\"error\":\"x\"}\n{\"index\":3,\"te")
+            .unwrap();
+        assert_eq!(resume_point(&mut file).unwrap(), Some(2));
+        let mut kept = String::new();
+        file.seek(SeekFrom::Start(0)).unwrap();
+        file.read_to_string(&mut kept).unwrap();
+        assert_eq!(kept, "{\"index\":0}\n{\"index\":2,\"error\":\"x\"}\n");
+
+        let mut empty = tempfile::tempfile().unwrap();
+        assert_eq!(resume_point(&mut empty).unwrap(), None);
+        let mut partial = tempfile::tempfile().unwrap();
+        partial.write_all(b"{\"ind").unwrap();
+        assert_eq!(resume_point(&mut partial).unwrap(), None);
+        assert_eq!(partial.metadata().unwrap().len(), 0);
     }
 }
