@@ -76,6 +76,10 @@ pub enum Error {
     #[error("tokenization failed: {0}")]
     Encode(String),
 
+    /// An input the task cannot take (no mask token, a malformed record).
+    #[error("{0}")]
+    Input(String),
+
     #[error("unsupported architecture {architecture}; llmx supports {supported}")]
     UnsupportedArchitecture {
         architecture: String,

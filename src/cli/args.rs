@@ -34,6 +34,9 @@ pub enum Command {
     Text2Text(Text2TextArgs),
     /// Embed texts as sentence vectors
     Embed(EmbedArgs),
+    /// Predict masked tokens with a masked language model
+    #[command(name = "fill-mask")]
+    FillMask(FillMaskArgs),
     /// Fetch a model into the Hugging Face cache
     Download(DownloadArgs),
     /// Print shell completions
@@ -247,6 +250,24 @@ pub struct EmbedArgs {
     /// Scale vectors to unit length (the default when the checkpoint has a Normalize module)
     #[arg(long, help_heading = "Embedding")]
     pub normalize: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FillMaskArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub input: InputArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Candidates per mask, best first
+    #[arg(long, value_name = "N", default_value = "5", value_parser = clap::value_parser!(u32).range(1..))]
+    pub top_k: u32,
+    /// Consider only these words (comma-separated)
+    #[arg(long, value_name = "WORD,...", value_delimiter = ',')]
+    pub targets: Vec<String>,
 }
 
 #[derive(Debug, Args)]

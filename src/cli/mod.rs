@@ -14,8 +14,8 @@ use serde::Serialize;
 
 pub use args::Cli;
 use args::{
-    ClassifyArgs, Command, DeviceArgs, DownloadArgs, EmbedArgs, GenerateArgs, InputArgs, ModelArgs,
-    OutputArgs, SamplingArgs, Seq2SeqArgs, Text2TextArgs,
+    ClassifyArgs, Command, DeviceArgs, DownloadArgs, EmbedArgs, FillMaskArgs, GenerateArgs,
+    InputArgs, ModelArgs, OutputArgs, SamplingArgs, Seq2SeqArgs, Text2TextArgs,
 };
 use output::{RecordWriter, RepeatedWarning, Reporter};
 
@@ -24,6 +24,7 @@ use crate::generation::{FinishReason, Overrides};
 use crate::hub::{self, HubOptions, ModelRepo};
 use crate::tasks::classify::{self, Classification, Classifier, LabelScore};
 use crate::tasks::embed::{self, EmbedChoices, Embedder, Embedding};
+use crate::tasks::fill_mask::{self, Filled, MaskFiller, Prediction};
 use crate::tasks::generate::{self as text_generation, Completion, TextGenerator};
 use crate::tasks::text2text::{self, Output, Seq2Seq, Seq2SeqTask};
 use crate::tasks::LoadOptions;
@@ -49,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Classify(args) => classify(args),
         Command::Generate(args) => generate(args),
         Command::Embed(args) => embed(args),
+        Command::FillMask(args) => fill_mask(args),
         Command::Translate(args) => {
             let task = Seq2SeqTask::Translate {
                 from: args.from,
@@ -512,6 +514,79 @@ fn embed(args: EmbedArgs) -> anyhow::Result<Outcome> {
             writer.ok(&json, || {
                 let values: Vec<String> = embedding.vector.iter().map(|v| v.to_string()).collect();
                 values.join(" ")
+            })
+        },
+    )?;
+    truncated.finish(&reporter);
+    Ok(outcome)
+}
+
+/// One mask's candidates as a flat list, several masks' as a list per mask (as transformers).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Predictions<'a> {
+    One(&'a [Prediction]),
+    PerMask(&'a [Vec<Prediction>]),
+}
+
+#[derive(Serialize)]
+struct FillMaskRecord<'a> {
+    index: usize,
+    text: &'a str,
+    predictions: Predictions<'a>,
+}
+
+fn fill_mask(args: FillMaskArgs) -> anyhow::Result<Outcome> {
+    let reporter = Reporter::new(args.output.quiet);
+    let model = args
+        .model
+        .model
+        .as_deref()
+        .unwrap_or(fill_mask::DEFAULT_MODEL);
+    let filler = MaskFiller::load(model, &load_options(&args.model, &args.device, &reporter))?;
+    let targets = if args.targets.is_empty() {
+        None
+    } else {
+        let (ids, warnings) = filler.target_ids(&args.targets)?;
+        warnings.iter().for_each(|w| reporter.warn(w));
+        Some(ids)
+    };
+    let mut truncated = RepeatedWarning::new("were truncated to the model window");
+    let outcome = run_batch(
+        &args.input,
+        &args.output,
+        &reporter,
+        |texts| filler.fill(texts, args.top_k as usize, targets.as_deref()),
+        |writer, record, filled: &Filled| {
+            if filled.truncated {
+                truncated.note(&reporter, || {
+                    format!(
+                        "input {} is longer than the model window and was truncated",
+                        record.index
+                    )
+                });
+            }
+            let predictions = match filled.masks.as_slice() {
+                [one] => Predictions::One(one),
+                many => Predictions::PerMask(many),
+            };
+            let json = FillMaskRecord {
+                index: record.index,
+                text: record.text.as_deref().unwrap_or_default(),
+                predictions,
+            };
+            writer.ok(&json, || {
+                filled
+                    .masks
+                    .iter()
+                    .map(|mask| {
+                        mask.iter()
+                            .map(|p| format!("{}\t{:.4}", p.token_str, p.score))
+                            .collect::<Vec<_>>()
+                            .join("\t")
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
             })
         },
     )?;

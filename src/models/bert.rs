@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use super::encoder::{EncoderConfig, Positions, WeightNames};
-use super::heads::HeadNames;
+use super::heads::{HeadNames, MlmNames};
 use super::layers::Activation;
 use super::{Family, ModelConfig};
 use crate::error::{Error, Result};
@@ -105,4 +105,20 @@ pub(super) const ROBERTA_CLASSIFIER: HeadNames = HeadNames {
     dense: "classifier.dense",
     activation: Activation::Tanh,
     out: "classifier.out_proj",
+};
+
+/// BertForMaskedLM's head: `cls.predictions`.
+pub(super) const BERT_MLM: MlmNames = MlmNames {
+    dense: "cls.predictions.transform.dense",
+    norm: "cls.predictions.transform.LayerNorm",
+    bias: "cls.predictions.bias",
+    decoder: "cls.predictions.decoder",
+};
+
+/// RobertaForMaskedLM's head: `lm_head`, whose activation is always the exact GELU.
+pub(super) const ROBERTA_MLM: MlmNames = MlmNames {
+    dense: "lm_head.dense",
+    norm: "lm_head.layer_norm",
+    bias: "lm_head.bias",
+    decoder: "lm_head.decoder",
 };

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use super::encoder::{EncoderConfig, Positions, WeightNames};
-use super::heads::HeadNames;
+use super::heads::{HeadNames, MlmNames};
 use super::layers::Activation;
 use super::ModelConfig;
 use crate::error::Result;
@@ -74,4 +74,12 @@ pub(super) const CLASSIFIER: HeadNames = HeadNames {
     dense: "pre_classifier",
     activation: Activation::Relu,
     out: "classifier",
+};
+
+/// DistilBertForMaskedLM's head.
+pub(super) const MLM: MlmNames = MlmNames {
+    dense: "vocab_transform",
+    norm: "vocab_layer_norm",
+    bias: "vocab_projector.bias",
+    decoder: "vocab_projector",
 };

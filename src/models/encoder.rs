@@ -213,6 +213,11 @@ impl Encoder {
         })
     }
 
+    /// The word embedding table `(vocab, hidden)`, which masked-LM heads are tied to.
+    pub fn word_embeddings(&self) -> &Tensor {
+        self.embeddings.words.embeddings()
+    }
+
     /// The last hidden states, `(batch, seq, hidden)`.
     pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
         let mut hidden = self.embeddings.forward(batch)?;

@@ -63,3 +63,86 @@ impl SequenceClassifier {
         self.head.forward(&self.encoder.forward(batch)?)
     }
 }
+
+/// A projection of every token's hidden state: token classification (`classifier`, one
+/// output per label) and extractive QA (`qa_outputs`, start and end logits).
+pub struct TokenClassifier {
+    encoder: Encoder,
+    out: Linear,
+}
+
+impl TokenClassifier {
+    pub(super) fn new(
+        encoder: Encoder,
+        vb: VarBuilder,
+        hidden: usize,
+        outputs: usize,
+    ) -> Result<Self> {
+        Ok(TokenClassifier {
+            encoder,
+            out: layers::linear(hidden, outputs, vb)?,
+        })
+    }
+
+    /// `(batch, seq, outputs)` logits.
+    pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        self.out.forward(&self.encoder.forward(batch)?)
+    }
+}
+
+/// Where a masked-LM head's weights live; the decoder is tied to the word embeddings.
+pub struct MlmNames {
+    pub dense: &'static str,
+    pub norm: &'static str,
+    pub bias: &'static str,
+    /// An untied decoder weight, used when the checkpoint stores one.
+    pub decoder: &'static str,
+}
+
+/// An encoder with a masked-LM head: dense → activation → LayerNorm → vocabulary.
+pub struct MaskedLm {
+    encoder: Encoder,
+    dense: Linear,
+    activation: Activation,
+    norm: candle_nn::LayerNorm,
+    decoder: Linear,
+}
+
+impl MaskedLm {
+    pub(super) fn new(
+        encoder: Encoder,
+        vb: VarBuilder,
+        names: &MlmNames,
+        cfg: &super::EncoderConfig,
+        activation: Activation,
+        norm_eps: f64,
+    ) -> Result<Self> {
+        let hidden = cfg.hidden_size;
+        let decoder_weight = if vb.contains_tensor(&format!("{}.weight", names.decoder)) {
+            vb.get(
+                (cfg.vocab_size, hidden),
+                &format!("{}.weight", names.decoder),
+            )?
+        } else {
+            encoder.word_embeddings().clone()
+        };
+        Ok(MaskedLm {
+            dense: layers::linear(hidden, hidden, vb.pp(names.dense))?,
+            activation,
+            norm: layers::layer_norm(hidden, norm_eps, vb.pp(names.norm))?,
+            decoder: Linear::new(decoder_weight, Some(vb.get(cfg.vocab_size, names.bias)?)),
+            encoder,
+        })
+    }
+
+    /// Final hidden states `(batch, seq, hidden)`.
+    pub fn hidden(&self, batch: &Batch) -> Result<Tensor> {
+        self.encoder.forward(batch)
+    }
+
+    /// Vocabulary logits for hidden states `(rows, hidden)` → `(rows, vocab)`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let transformed = self.activation.forward(&self.dense.forward(hidden)?)?;
+        self.decoder.forward(&self.norm.forward(&transformed)?)
+    }
+}

@@ -20,7 +20,7 @@ use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
 
 pub use encoder::{Encoder, EncoderConfig, Positions};
-pub use heads::SequenceClassifier;
+pub use heads::{MaskedLm, SequenceClassifier, TokenClassifier};
 
 use crate::error::{Error, Result};
 
@@ -105,6 +105,51 @@ const REGISTRY: &[Entry] = &[
         architecture: "RobertaForSequenceClassification",
         family: Family::Roberta,
         task: Task::Classify,
+    },
+    Entry {
+        architecture: "BertForMaskedLM",
+        family: Family::Bert,
+        task: Task::FillMask,
+    },
+    Entry {
+        architecture: "BertForTokenClassification",
+        family: Family::Bert,
+        task: Task::Ner,
+    },
+    Entry {
+        architecture: "BertForQuestionAnswering",
+        family: Family::Bert,
+        task: Task::Qa,
+    },
+    Entry {
+        architecture: "DistilBertForMaskedLM",
+        family: Family::DistilBert,
+        task: Task::FillMask,
+    },
+    Entry {
+        architecture: "DistilBertForTokenClassification",
+        family: Family::DistilBert,
+        task: Task::Ner,
+    },
+    Entry {
+        architecture: "DistilBertForQuestionAnswering",
+        family: Family::DistilBert,
+        task: Task::Qa,
+    },
+    Entry {
+        architecture: "RobertaForMaskedLM",
+        family: Family::Roberta,
+        task: Task::FillMask,
+    },
+    Entry {
+        architecture: "RobertaForTokenClassification",
+        family: Family::Roberta,
+        task: Task::Ner,
+    },
+    Entry {
+        architecture: "RobertaForQuestionAnswering",
+        family: Family::Roberta,
+        task: Task::Qa,
     },
     Entry {
         architecture: "GPT2LMHeadModel",
@@ -231,6 +276,45 @@ pub fn load_encoder(
         vb
     };
     encoder::Encoder::load(vb, encoder_config, weights).map_err(Error::WeightLayout)
+}
+
+/// An encoder with a masked-LM head (`*ForMaskedLM`).
+pub fn load_masked_lm(
+    config: &ModelConfig,
+    encoder_config: &EncoderConfig,
+    vb: VarBuilder,
+) -> Result<MaskedLm> {
+    let (names, activation) = match config.family {
+        Family::Bert => (&bert::BERT_MLM, encoder_config.activation),
+        // RobertaLMHead applies the exact GELU whatever hidden_act says.
+        Family::Roberta => (&bert::ROBERTA_MLM, layers::Activation::Gelu),
+        Family::DistilBert => (&distilbert::MLM, encoder_config.activation),
+        Family::Gpt2 | Family::T5 => return Err(Error::config(&config.path, "no masked-LM head")),
+    };
+    let encoder = load_encoder(config, encoder_config, vb.clone())?;
+    MaskedLm::new(
+        encoder,
+        vb,
+        names,
+        encoder_config,
+        activation,
+        encoder_config.layer_norm_eps,
+    )
+    .map_err(Error::WeightLayout)
+}
+
+/// An encoder with a per-token projection named `head` (`classifier` for token
+/// classification, `qa_outputs` for question answering) of `outputs` values.
+pub fn load_token_head(
+    config: &ModelConfig,
+    encoder_config: &EncoderConfig,
+    vb: VarBuilder,
+    head: &str,
+    outputs: usize,
+) -> Result<TokenClassifier> {
+    let encoder = load_encoder(config, encoder_config, vb.clone())?;
+    TokenClassifier::new(encoder, vb.pp(head), encoder_config.hidden_size, outputs)
+        .map_err(Error::WeightLayout)
 }
 
 /// Builds a sequence classifier for a registered `*ForSequenceClassification` checkpoint.

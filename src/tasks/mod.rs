@@ -3,6 +3,7 @@
 
 pub mod classify;
 pub mod embed;
+pub mod fill_mask;
 pub mod generate;
 pub mod text2text;
 
@@ -55,4 +56,32 @@ fn tokenizer_max_length(repo: &crate::hub::ModelRepo) -> Result<Option<usize>> {
         .and_then(serde_json::Value::as_f64)
         .filter(|n| (1.0..1e9).contains(n))
         .map(|n| n as usize))
+}
+
+/// A special token's text (e.g. `mask_token`) from special_tokens_map.json or
+/// tokenizer_config.json, where it is a string or an `{"content": ...}` object.
+fn special_token(repo: &crate::hub::ModelRepo, name: &str) -> Result<Option<String>> {
+    for file in ["special_tokens_map.json", "tokenizer_config.json"] {
+        let Some(path) = repo.optional(file)? else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| crate::Error::io(&path, e))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| crate::Error::Json {
+                path: path.clone(),
+                source,
+            })?;
+        let token = match json.get(name) {
+            Some(serde_json::Value::String(token)) => Some(token.clone()),
+            Some(value) => value
+                .get("content")
+                .and_then(|c| c.as_str())
+                .map(str::to_string),
+            None => None,
+        };
+        if token.is_some() {
+            return Ok(token);
+        }
+    }
+    Ok(None)
 }
