@@ -8,12 +8,15 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 use crate::error::{Error, Result};
 
 /// One tokenized input.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Encoding {
     pub ids: Vec<u32>,
     pub type_ids: Vec<u32>,
     /// True when the input was longer than the model window and was cut to fit.
     pub truncated: bool,
+    /// The tokenizer's own encoding (tokens, byte offsets, special-token mask), for tasks
+    /// that map tokens back to the text.
+    pub raw: tokenizers::Encoding,
 }
 
 /// Which end padding goes on, or truncation cuts from: encoders pad and truncate on the
@@ -192,11 +195,15 @@ impl DecodeStream {
     }
 }
 
-fn convert(encoding: tokenizers::Encoding) -> Encoding {
+fn convert(mut encoding: tokenizers::Encoding) -> Encoding {
+    let truncated = !encoding.get_overflowing().is_empty();
+    // The cut-off remainder is not needed and can be large.
+    encoding.get_overflowing_mut().clear();
     Encoding {
-        truncated: !encoding.get_overflowing().is_empty(),
+        truncated,
         ids: encoding.get_ids().to_vec(),
         type_ids: encoding.get_type_ids().to_vec(),
+        raw: encoding,
     }
 }
 
@@ -209,6 +216,7 @@ mod tests {
             ids: ids.to_vec(),
             type_ids: vec![0; ids.len()],
             truncated: false,
+            raw: tokenizers::Encoding::default(),
         }
     }
 

@@ -149,3 +149,64 @@ fn distilbert_fill_mask() {
 fn roberta_fill_mask() {
     check_fill_mask("roberta-mlm");
 }
+
+fn check_ner(name: &str) {
+    use llmx::tasks::ner::{Aggregation, TokenTagger};
+    let expected = expected(name);
+    let tagger = TokenTagger::load(fixture(name).to_str().unwrap(), &options()).unwrap();
+    let strategies = [
+        ("none", Aggregation::None),
+        ("simple", Aggregation::Simple),
+        ("first", Aggregation::First),
+        ("average", Aggregation::Average),
+        ("max", Aggregation::Max),
+    ];
+    let mut cases: Vec<&Value> = expected["cases"].as_array().unwrap().iter().collect();
+    cases.push(&expected["long"]);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        for (key, strategy) in strategies {
+            let Some(want) = case["outputs"].get(key) else {
+                continue;
+            };
+            let context = format!("{name} {key} {text:?}");
+            let got = tagger.tag(&[text], strategy).unwrap().remove(0).unwrap();
+            let want = want.as_array().unwrap();
+            let got_json: Vec<Value> = got
+                .entities
+                .iter()
+                .map(|e| serde_json::to_value(e).unwrap())
+                .collect();
+            assert_eq!(
+                got_json.len(),
+                want.len(),
+                "{context}: {got_json:?}\nvs {want:?}"
+            );
+            for (g, w) in got_json.iter().zip(want) {
+                for field in ["entity", "entity_group", "word", "start", "end", "index"] {
+                    assert_eq!(
+                        g.get(field),
+                        w.get(field),
+                        "{context}: {field} of {g} vs {w}"
+                    );
+                }
+                close(g["score"].as_f64().unwrap(), &w["score"], &context);
+            }
+        }
+    }
+}
+
+#[test]
+fn bert_ner() {
+    check_ner("bert-ner");
+}
+
+#[test]
+fn distilbert_ner() {
+    check_ner("distilbert-ner");
+}
+
+#[test]
+fn roberta_ner() {
+    check_ner("roberta-ner");
+}

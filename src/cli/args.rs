@@ -37,6 +37,8 @@ pub enum Command {
     /// Predict masked tokens with a masked language model
     #[command(name = "fill-mask")]
     FillMask(FillMaskArgs),
+    /// Tag named entities with a token-classification model
+    Ner(NerArgs),
     /// Fetch a model into the Hugging Face cache
     Download(DownloadArgs),
     /// Print shell completions
@@ -268,6 +270,21 @@ pub struct FillMaskArgs {
     /// Consider only these words (comma-separated)
     #[arg(long, value_name = "WORD,...", value_delimiter = ',')]
     pub targets: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct NerArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub input: InputArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// How tokens become entities, as transformers' aggregation_strategy
+    #[arg(long, value_name = "HOW", default_value = "simple")]
+    pub aggregation: crate::tasks::ner::Aggregation,
 }
 
 #[derive(Debug, Args)]

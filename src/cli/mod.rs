@@ -15,7 +15,7 @@ use serde::Serialize;
 pub use args::Cli;
 use args::{
     ClassifyArgs, Command, DeviceArgs, DownloadArgs, EmbedArgs, FillMaskArgs, GenerateArgs,
-    InputArgs, ModelArgs, OutputArgs, SamplingArgs, Seq2SeqArgs, Text2TextArgs,
+    InputArgs, ModelArgs, NerArgs, OutputArgs, SamplingArgs, Seq2SeqArgs, Text2TextArgs,
 };
 use output::{RecordWriter, RepeatedWarning, Reporter};
 
@@ -26,6 +26,7 @@ use crate::tasks::classify::{self, Classification, Classifier, LabelScore};
 use crate::tasks::embed::{self, EmbedChoices, Embedder, Embedding};
 use crate::tasks::fill_mask::{self, Filled, MaskFiller, Prediction};
 use crate::tasks::generate::{self as text_generation, Completion, TextGenerator};
+use crate::tasks::ner::{self, Entity, Tagged, TokenTagger};
 use crate::tasks::text2text::{self, Output, Seq2Seq, Seq2SeqTask};
 use crate::tasks::LoadOptions;
 
@@ -51,6 +52,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Generate(args) => generate(args),
         Command::Embed(args) => embed(args),
         Command::FillMask(args) => fill_mask(args),
+        Command::Ner(args) => ner(args),
         Command::Translate(args) => {
             let task = Seq2SeqTask::Translate {
                 from: args.from,
@@ -584,6 +586,64 @@ fn fill_mask(args: FillMaskArgs) -> anyhow::Result<Outcome> {
                             .map(|p| format!("{}\t{:.4}", p.token_str, p.score))
                             .collect::<Vec<_>>()
                             .join("\t")
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        },
+    )?;
+    truncated.finish(&reporter);
+    Ok(outcome)
+}
+
+#[derive(Serialize)]
+struct NerRecord<'a> {
+    index: usize,
+    text: &'a str,
+    entities: &'a [Entity],
+}
+
+fn ner(args: NerArgs) -> anyhow::Result<Outcome> {
+    let reporter = Reporter::new(args.output.quiet);
+    let model = args.model.model.as_deref().unwrap_or(ner::DEFAULT_MODEL);
+    let tagger = TokenTagger::load(model, &load_options(&args.model, &args.device, &reporter))?;
+    let mut truncated = RepeatedWarning::new("were truncated to the model window");
+    let outcome = run_batch(
+        &args.input,
+        &args.output,
+        &reporter,
+        |texts| tagger.tag(texts, args.aggregation),
+        |writer, record, tagged: &Tagged| {
+            if tagged.truncated {
+                truncated.note(&reporter, || {
+                    format!(
+                        "input {} is longer than the model window and was truncated",
+                        record.index
+                    )
+                });
+            }
+            let json = NerRecord {
+                index: record.index,
+                text: record.text.as_deref().unwrap_or_default(),
+                entities: &tagged.entities,
+            };
+            writer.ok(&json, || {
+                tagged
+                    .entities
+                    .iter()
+                    .map(|e| {
+                        let label = e
+                            .entity_group
+                            .as_deref()
+                            .or(e.entity.as_deref())
+                            .unwrap_or_default();
+                        format!(
+                            "{}\t{label}\t{:.4}\t{}-{}",
+                            e.word.trim(),
+                            e.score,
+                            e.start,
+                            e.end
+                        )
                     })
                     .collect::<Vec<_>>()
                     .join("\n")

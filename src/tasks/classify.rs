@@ -1,14 +1,12 @@
 //! Sequence classification (`llmx classify`), scored as transformers' text-classification
 //! pipeline scores it.
 
-use std::collections::BTreeMap;
-
 use candle_core::{DType, Device};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::LoadOptions;
+use super::{HeadConfig, LoadOptions};
 use crate::device::Precision;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::hub::{self, ModelRepo};
 use crate::models::{self, ModelConfig, SequenceClassifier, Task};
 use crate::tokenize::{Batch, Encoding, Side, TextEncoder};
@@ -63,37 +61,6 @@ pub struct Classification {
     pub labels: Vec<LabelScore>,
     /// The input was longer than the model window and was cut to fit.
     pub truncated: bool,
-}
-
-/// The config.json fields a classifier needs beyond the encoder's.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct HeadConfig {
-    id2label: Option<BTreeMap<String, String>>,
-    num_labels: Option<usize>,
-    problem_type: Option<String>,
-}
-
-impl HeadConfig {
-    /// Labels by id, as transformers names them (`LABEL_i` where id2label is silent).
-    fn labels(&self, config: &ModelConfig) -> Result<Vec<String>> {
-        let mut by_id = BTreeMap::new();
-        for (id, label) in self.id2label.iter().flatten() {
-            let id: usize = id.trim().parse().map_err(|_| {
-                Error::config(&config.path, format!("id2label key `{id}` is not a number"))
-            })?;
-            by_id.insert(id, label.clone());
-        }
-        let count = by_id
-            .keys()
-            .next_back()
-            .map(|&last| last + 1)
-            .or(self.num_labels)
-            .unwrap_or(2);
-        Ok((0..count)
-            .map(|id| by_id.remove(&id).unwrap_or_else(|| format!("LABEL_{id}")))
-            .collect())
-    }
 }
 
 pub struct Classifier {

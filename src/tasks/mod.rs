@@ -5,13 +5,49 @@ pub mod classify;
 pub mod embed;
 pub mod fill_mask;
 pub mod generate;
+pub mod ner;
 pub mod text2text;
 
+use std::collections::BTreeMap;
+
 use candle_core::{DType, Device};
+use serde::Deserialize;
 
 use crate::device::{self, DTypeChoice, DeviceChoice, Precision};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::hub::HubOptions;
+use crate::models::ModelConfig;
+
+/// The config.json fields of a classification head: labels and problem type.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct HeadConfig {
+    id2label: Option<BTreeMap<String, String>>,
+    num_labels: Option<usize>,
+    problem_type: Option<String>,
+}
+
+impl HeadConfig {
+    /// Labels by id, as transformers names them (`LABEL_i` where id2label is silent).
+    pub(crate) fn labels(&self, config: &ModelConfig) -> Result<Vec<String>> {
+        let mut by_id = BTreeMap::new();
+        for (id, label) in self.id2label.iter().flatten() {
+            let id: usize = id.trim().parse().map_err(|_| {
+                Error::config(&config.path, format!("id2label key `{id}` is not a number"))
+            })?;
+            by_id.insert(id, label.clone());
+        }
+        let count = by_id
+            .keys()
+            .next_back()
+            .map(|&last| last + 1)
+            .or(self.num_labels)
+            .unwrap_or(2);
+        Ok((0..count)
+            .map(|id| by_id.remove(&id).unwrap_or_else(|| format!("LABEL_{id}")))
+            .collect())
+    }
+}
 
 /// How to find a model and where to run it.
 #[derive(Debug, Clone)]
