@@ -880,3 +880,62 @@ fn generate_over_a_file() {
         "an empty prompt starts from the BOS token"
     );
 }
+
+#[test]
+fn encoder_task_commands_write_their_records() {
+    let cache = tempfile::tempdir().unwrap();
+    let fill = run(llmx(cache.path())
+        .args(["fill-mask", "--json", "--top-k", "2", "--model"])
+        .arg(fixture("bert-mlm"))
+        .args([
+            "Hello, my dog is [MASK].",
+            "The soup was [MASK], but the dessert was [MASK].",
+            "no mask",
+        ]));
+    assert_eq!(
+        fill.status.code(),
+        Some(1),
+        "the input without a mask fails alone"
+    );
+    let records = json_lines(&fill);
+    assert_eq!(records[0]["predictions"].as_array().unwrap().len(), 2);
+    assert!(records[0]["predictions"][0]["token_str"].is_string());
+    assert_eq!(
+        records[1]["predictions"].as_array().unwrap().len(),
+        2,
+        "a list per mask"
+    );
+    assert!(records[1]["predictions"][0].is_array());
+    assert!(records[2]["error"].as_str().unwrap().contains("[MASK]"));
+
+    let ner = run(llmx(cache.path())
+        .args(["ner", "--json", "--aggregation", "first", "--model"])
+        .arg(fixture("bert-ner"))
+        .arg("My name is Wolfgang and I live in Berlin"));
+    assert_eq!(ner.status.code(), Some(0), "{}", stderr(&ner));
+    let entity = &json_lines(&ner)[0]["entities"][0];
+    for field in ["entity_group", "score", "word", "start", "end"] {
+        assert!(entity.get(field).is_some(), "{field} in {entity}");
+    }
+
+    let qa = run(llmx(cache.path())
+        .args(["qa", "--json", "--model"])
+        .arg(fixture("distilbert-qa"))
+        .args([
+            "--question",
+            "What is my name?",
+            "--context",
+            "My name is Wolfgang and I live in Berlin.",
+        ]));
+    assert_eq!(qa.status.code(), Some(0), "{}", stderr(&qa));
+    let record = &json_lines(&qa)[0];
+    assert_eq!(record["question"], "What is my name?");
+    let (start, end) = (
+        record["start"].as_u64().unwrap() as usize,
+        record["end"].as_u64().unwrap() as usize,
+    );
+    assert_eq!(
+        record["answer"],
+        &"My name is Wolfgang and I live in Berlin."[start..end]
+    );
+}

@@ -210,3 +210,61 @@ fn distilbert_ner() {
 fn roberta_ner() {
     check_ner("roberta-ner");
 }
+
+fn check_qa(name: &str) {
+    use llmx::tasks::qa::{QaSettings, QuestionAnswerer};
+    let expected = expected(name);
+    let answerer = QuestionAnswerer::load(fixture(name).to_str().unwrap(), &options()).unwrap();
+    let settings: Vec<QaSettings> = expected["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let get = |key: &str| s.get(key).and_then(Value::as_u64).map(|v| v as usize);
+            QaSettings {
+                max_seq_len: get("max_seq_len"),
+                doc_stride: get("doc_stride"),
+                max_answer_len: get("max_answer_len").unwrap_or(15),
+                top_k: get("top_k").unwrap_or(1),
+                handle_impossible_answer: s
+                    .get("handle_impossible_answer")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            }
+        })
+        .collect();
+    for case in expected["cases"].as_array().unwrap() {
+        let question = case["question"].as_str().unwrap();
+        let context = case["context"].as_str().unwrap();
+        for (setting, want) in settings.iter().zip(case["outputs"].as_array().unwrap()) {
+            let label = format!("{name} {question:?} {setting:?}");
+            let got = answerer.answer(question, context, setting).unwrap();
+            let want: Vec<&Value> = match want {
+                Value::Array(many) => many.iter().collect(),
+                one => vec![one],
+            };
+            assert_eq!(got.len(), want.len(), "{label}: {got:?} vs {want:?}");
+            for (g, w) in got.iter().zip(want) {
+                assert_eq!(g.answer, w["answer"].as_str().unwrap(), "{label}");
+                assert_eq!(g.start as u64, w["start"].as_u64().unwrap(), "{label}");
+                assert_eq!(g.end as u64, w["end"].as_u64().unwrap(), "{label}");
+                close(g.score, &w["score"], &label);
+            }
+        }
+    }
+}
+
+#[test]
+fn bert_qa() {
+    check_qa("bert-qa");
+}
+
+#[test]
+fn distilbert_qa() {
+    check_qa("distilbert-qa");
+}
+
+#[test]
+fn roberta_qa() {
+    check_qa("roberta-qa");
+}

@@ -39,6 +39,8 @@ pub enum Command {
     FillMask(FillMaskArgs),
     /// Tag named entities with a token-classification model
     Ner(NerArgs),
+    /// Answer questions from a context with an extractive QA model
+    Qa(QaArgs),
     /// Fetch a model into the Hugging Face cache
     Download(DownloadArgs),
     /// Print shell completions
@@ -285,6 +287,55 @@ pub struct NerArgs {
     /// How tokens become entities, as transformers' aggregation_strategy
     #[arg(long, value_name = "HOW", default_value = "simple")]
     pub aggregation: crate::tasks::ner::Aggregation,
+}
+
+#[derive(Debug, Args)]
+pub struct QaArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Inputs are JSON objects {"question": ..., "context": ...}, one per argument or line
+    #[command(flatten)]
+    pub input: InputArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// The question (with --context: one input)
+    #[arg(
+        long,
+        value_name = "TEXT",
+        requires = "context",
+        help_heading = "Question answering"
+    )]
+    pub question: Option<String>,
+    /// The text to find the answer in
+    #[arg(
+        long,
+        value_name = "TEXT",
+        requires = "question",
+        help_heading = "Question answering"
+    )]
+    pub context: Option<String>,
+    /// Tokens per window; longer contexts are split (never past the model's positions)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "384",
+        help_heading = "Question answering"
+    )]
+    pub max_seq_len: usize,
+    /// Context tokens shared by neighbouring windows [default: min(128, max-seq-len / 2)]
+    #[arg(long, value_name = "N", help_heading = "Question answering")]
+    pub doc_stride: Option<usize>,
+    /// Longest answer, in tokens
+    #[arg(long, value_name = "N", default_value = "15", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Question answering")]
+    pub max_answer_len: u32,
+    /// Answers per question, best first (listed under "answers" when above 1)
+    #[arg(long, value_name = "N", default_value = "1", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Question answering")]
+    pub top_k: u32,
+    /// Also consider "no answer"
+    #[arg(long, help_heading = "Question answering")]
+    pub handle_impossible_answer: bool,
 }
 
 #[derive(Debug, Args)]

@@ -15,7 +15,7 @@ use serde::Serialize;
 pub use args::Cli;
 use args::{
     ClassifyArgs, Command, DeviceArgs, DownloadArgs, EmbedArgs, FillMaskArgs, GenerateArgs,
-    InputArgs, ModelArgs, NerArgs, OutputArgs, SamplingArgs, Seq2SeqArgs, Text2TextArgs,
+    InputArgs, ModelArgs, NerArgs, OutputArgs, QaArgs, SamplingArgs, Seq2SeqArgs, Text2TextArgs,
 };
 use output::{RecordWriter, RepeatedWarning, Reporter};
 
@@ -27,6 +27,7 @@ use crate::tasks::embed::{self, EmbedChoices, Embedder, Embedding};
 use crate::tasks::fill_mask::{self, Filled, MaskFiller, Prediction};
 use crate::tasks::generate::{self as text_generation, Completion, TextGenerator};
 use crate::tasks::ner::{self, Entity, Tagged, TokenTagger};
+use crate::tasks::qa::{self, Answer, QaSettings, QuestionAnswerer};
 use crate::tasks::text2text::{self, Output, Seq2Seq, Seq2SeqTask};
 use crate::tasks::LoadOptions;
 
@@ -53,6 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Embed(args) => embed(args),
         Command::FillMask(args) => fill_mask(args),
         Command::Ner(args) => ner(args),
+        Command::Qa(args) => question_answering(args),
         Command::Translate(args) => {
             let task = Seq2SeqTask::Translate {
                 from: args.from,
@@ -652,6 +654,74 @@ fn ner(args: NerArgs) -> anyhow::Result<Outcome> {
     )?;
     truncated.finish(&reporter);
     Ok(outcome)
+}
+
+#[derive(Serialize)]
+struct QaRecord<'a> {
+    index: usize,
+    question: &'a str,
+    answer: &'a str,
+    score: f64,
+    start: usize,
+    end: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answers: Option<&'a [Answer]>,
+}
+
+/// One QA input: the question and the answers found.
+struct Answered {
+    question: String,
+    answers: Vec<Answer>,
+}
+
+fn question_answering(mut args: QaArgs) -> anyhow::Result<Outcome> {
+    let reporter = Reporter::new(args.output.quiet);
+    if let (Some(question), Some(context)) = (&args.question, &args.context) {
+        let record = serde_json::json!({"question": question, "context": context});
+        args.input.texts = vec![record.to_string().into()];
+    }
+    let model = args.model.model.as_deref().unwrap_or(qa::DEFAULT_MODEL);
+    let answerer =
+        QuestionAnswerer::load(model, &load_options(&args.model, &args.device, &reporter))?;
+    let settings = QaSettings {
+        max_seq_len: Some(args.max_seq_len),
+        doc_stride: args.doc_stride,
+        max_answer_len: args.max_answer_len as usize,
+        top_k: args.top_k as usize,
+        handle_impossible_answer: args.handle_impossible_answer,
+    };
+    let answer = |line: &str| -> crate::Result<Answered> {
+        let field = |name| batch::json_field(line, name).map_err(crate::Error::Input);
+        let (question, context) = (field("question")?, field("context")?);
+        let answers = answerer.answer(&question, &context, &settings)?;
+        Ok(Answered { question, answers })
+    };
+    run_batch(
+        &args.input,
+        &args.output,
+        &reporter,
+        |lines| Ok(lines.iter().map(|line| answer(line)).collect()),
+        |writer, record, answered: &Answered| {
+            let best = answered.answers.first();
+            let json = QaRecord {
+                index: record.index,
+                question: &answered.question,
+                answer: best.map_or("", |a| a.answer.as_str()),
+                score: best.map_or(0.0, |a| a.score),
+                start: best.map_or(0, |a| a.start),
+                end: best.map_or(0, |a| a.end),
+                answers: (settings.top_k > 1).then_some(answered.answers.as_slice()),
+            };
+            writer.ok(&json, || {
+                answered
+                    .answers
+                    .iter()
+                    .map(|a| format!("{}\t{:.4}\t{}-{}", a.answer, a.score, a.start, a.end))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        },
+    )
 }
 
 fn download(args: DownloadArgs) -> anyhow::Result<Outcome> {

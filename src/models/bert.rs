@@ -70,6 +70,7 @@ pub(super) fn encoder_config(config: &ModelConfig) -> Result<EncoderConfig> {
         activation: raw.hidden_act,
         max_positions: raw.max_position_embeddings,
         type_vocab_size: raw.type_vocab_size,
+        reads_token_types: config.family == Family::Bert,
         layer_norm_eps: raw.layer_norm_eps,
         pad_id: raw.pad_token_id.unwrap_or(match config.family {
             Family::Roberta => 1,

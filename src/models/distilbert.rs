@@ -48,6 +48,7 @@ pub(super) fn encoder_config(config: &ModelConfig) -> Result<EncoderConfig> {
         activation: raw.activation,
         max_positions: raw.max_position_embeddings,
         type_vocab_size: 0,
+        reads_token_types: false,
         // Fixed in transformers' DistilBERT, not read from the config.
         layer_norm_eps: 1e-12,
         pad_id: raw.pad_token_id.unwrap_or(0),

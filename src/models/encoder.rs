@@ -22,6 +22,8 @@ pub struct EncoderConfig {
     pub max_positions: usize,
     /// 0 when the model has no token-type embeddings.
     pub type_vocab_size: usize,
+    /// The model reads token-type ids (BERT); RoBERTa has the table but always uses row 0.
+    pub reads_token_types: bool,
     pub layer_norm_eps: f64,
     /// The padding token id, used to pad batches.
     pub pad_id: u32,
@@ -68,6 +70,7 @@ struct Embeddings {
     words: Embedding,
     positions: Embedding,
     token_types: Option<Embedding>,
+    reads_token_types: bool,
     norm: LayerNorm,
     numbering: Positions,
 }
@@ -88,6 +91,7 @@ impl Embeddings {
                 vb.pp("position_embeddings"),
             )?,
             token_types,
+            reads_token_types: cfg.reads_token_types,
             norm: layers::layer_norm(hidden, cfg.layer_norm_eps, vb.pp(names.embedding_norm))?,
             numbering: cfg.positions,
         })
@@ -113,7 +117,12 @@ impl Embeddings {
             .forward(ids)?
             .add(&self.positions.forward(&position_ids)?)?;
         if let Some(token_types) = &self.token_types {
-            hidden = hidden.add(&token_types.forward(&batch.token_type_ids)?)?;
+            let ids = if self.reads_token_types {
+                batch.token_type_ids.clone()
+            } else {
+                batch.token_type_ids.zeros_like()?
+            };
+            hidden = hidden.add(&token_types.forward(&ids)?)?;
         }
         self.norm.forward(&hidden)
     }

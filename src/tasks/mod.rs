@@ -6,6 +6,7 @@ pub mod embed;
 pub mod fill_mask;
 pub mod generate;
 pub mod ner;
+pub mod qa;
 pub mod text2text;
 
 use std::collections::BTreeMap;
