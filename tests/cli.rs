@@ -939,3 +939,24 @@ fn encoder_task_commands_write_their_records() {
         &"My name is Wolfgang and I live in Berlin."[start..end]
     );
 }
+
+#[test]
+fn info_describes_a_checkpoint_and_completions_print() {
+    let cache = tempfile::tempdir().unwrap();
+    let output = run(llmx(cache.path())
+        .args(["info", "--json"])
+        .arg(fixture("bert-cls3")));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let info: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(info["architecture"], "BertForSequenceClassification");
+    assert_eq!(info["command"], "classify");
+    assert_eq!(
+        info["labels"],
+        serde_json::json!(["negative", "neutral", "positive"])
+    );
+    assert!(info["parameters"].as_u64().unwrap() > 10_000);
+
+    let completions = run(llmx(cache.path()).args(["completions", "bash"]));
+    assert_eq!(completions.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&completions.stdout).contains("classify"));
+}

@@ -41,6 +41,8 @@ pub enum Command {
     Ner(NerArgs),
     /// Answer questions from a context with an extractive QA model
     Qa(QaArgs),
+    /// Show what a checkpoint is: architecture, task, parameters, labels, files, defaults
+    Info(InfoArgs),
     /// Fetch a model into the Hugging Face cache
     Download(DownloadArgs),
     /// Print shell completions
@@ -336,6 +338,22 @@ pub struct QaArgs {
     /// Also consider "no answer"
     #[arg(long, help_heading = "Question answering")]
     pub handle_impossible_answer: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// A local folder or a hub id `org/name`
+    #[arg(value_name = "MODEL")]
+    pub model: String,
+    /// Hub revision: branch, tag or commit
+    #[arg(long, value_name = "REV", default_value = "main")]
+    pub revision: String,
+    /// Never touch the network (also HF_HUB_OFFLINE=1)
+    #[arg(long)]
+    pub offline: bool,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

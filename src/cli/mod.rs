@@ -2,6 +2,7 @@
 //! to exit codes.
 
 mod args;
+mod info;
 mod output;
 
 use std::io::{IsTerminal, Write};
@@ -65,6 +66,15 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Summarize(args) => seq2seq(args, Seq2SeqTask::Summarize),
         Command::Text2Text(args) => seq2seq(args, Seq2SeqTask::Text2Text),
         Command::Download(args) => download(args),
+        Command::Info(args) => {
+            let reporter = Reporter::new(false);
+            info::info(
+                &args.model,
+                &hub_options(&args.revision, args.offline, &reporter),
+                args.json,
+            )?;
+            Ok(Outcome::Success)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "llmx", &mut std::io::stdout());
             Ok(Outcome::Success)
