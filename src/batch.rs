@@ -191,12 +191,13 @@ pub struct Summary {
 /// failed, are emitted as errors; the run goes on. When `stop` is set the run ends after the
 /// chunk at hand, so every record emitted is whole.
 ///
-/// `done_before` records were handled by an earlier run being resumed: chunks stay aligned
-/// with that run's, so every batch holds the same inputs and gives the same bits.
+/// The first `replay` records were already written by the run being resumed: they are
+/// processed again, so that every batch holds the same inputs as in that run and gives the
+/// same bits, but not emitted.
 pub fn run<T, P, E>(
     records: impl Iterator<Item = Result<Record>>,
     batch_size: usize,
-    done_before: usize,
+    mut replay: usize,
     stop: &AtomicBool,
     mut process: P,
     mut emit: E,
@@ -208,20 +209,18 @@ where
     let mut summary = Summary::default();
     let mut chunk: Vec<Record> = Vec::with_capacity(batch_size);
     let mut records = records.peekable();
-    let mut chunk_size = batch_size - done_before % batch_size;
     while records.peek().is_some() {
         if stop.load(Ordering::Relaxed) {
             summary.interrupted = true;
             break;
         }
         chunk.clear();
-        while chunk.len() < chunk_size {
+        while chunk.len() < batch_size {
             match records.next() {
                 Some(record) => chunk.push(record?),
                 None => break,
             }
         }
-        chunk_size = batch_size;
         let texts: Vec<&str> = chunk
             .iter()
             .filter_map(|r| r.text.as_deref().ok())
@@ -244,6 +243,10 @@ where
                     .unwrap_or_else(|| Err("no result was produced".to_string())),
                 Err(reason) => Err(reason.clone()),
             };
+            if replay > 0 {
+                replay -= 1;
+                continue;
+            }
             summary.records += 1;
             summary.failed += usize::from(result.is_err());
             emit(record, result).map_err(|e| Error::io("<stdout>", e))?;

@@ -74,6 +74,72 @@ impl Batch {
     }
 }
 
+/// How many inputs go through the model together: at most `max_inputs`, and at most
+/// `max_tokens` tokens counting padding (rows × longest row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    pub max_inputs: usize,
+    pub max_tokens: usize,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            max_inputs: 32,
+            max_tokens: 8192,
+        }
+    }
+}
+
+impl Batching {
+    /// Length-bucketed batches: inputs sorted by length (stable), then cut greedily under
+    /// both limits, so similar lengths share a batch and little padding is computed.
+    /// Returns groups of indices into `lengths`.
+    pub fn buckets(&self, lengths: &[usize]) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..lengths.len()).collect();
+        order.sort_by_key(|&i| lengths[i]);
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut current: Vec<usize> = Vec::new();
+        for index in order {
+            // Sorted ascending, so the newcomer is the longest row.
+            let rows = current.len() + 1;
+            if !current.is_empty()
+                && (rows > self.max_inputs || rows * lengths[index] > self.max_tokens)
+            {
+                groups.push(std::mem::take(&mut current));
+            }
+            current.push(index);
+        }
+        if !current.is_empty() {
+            groups.push(current);
+        }
+        groups
+    }
+
+    /// Runs `run` over length-bucketed batches of `encodings` and returns its per-input
+    /// results in input order.
+    pub fn run<T>(
+        &self,
+        encodings: &[&Encoding],
+        mut run: impl FnMut(&[&Encoding]) -> Result<Vec<T>>,
+    ) -> Result<Vec<T>> {
+        let lengths: Vec<usize> = encodings.iter().map(|e| e.ids.len()).collect();
+        let mut slots: Vec<Option<T>> = (0..encodings.len()).map(|_| None).collect();
+        for group in self.buckets(&lengths) {
+            let members: Vec<&Encoding> = group.iter().map(|&i| encodings[i]).collect();
+            for (index, result) in group.into_iter().zip(run(&members)?) {
+                slots[index] = Some(result);
+            }
+        }
+        slots
+            .into_iter()
+            .map(|slot| {
+                slot.ok_or_else(|| Error::Encode("a batch returned too few results".into()))
+            })
+            .collect()
+    }
+}
+
 /// A tokenizer.json with the model's window and padding id.
 pub struct TextEncoder {
     tokenizer: Tokenizer,
@@ -218,6 +284,22 @@ mod tests {
             truncated: false,
             raw: tokenizers::Encoding::default(),
         }
+    }
+
+    #[test]
+    fn buckets_group_similar_lengths_under_both_limits() {
+        let batching = Batching {
+            max_inputs: 2,
+            max_tokens: 20,
+        };
+        let groups = batching.buckets(&[9, 3, 12, 4, 3]);
+        assert_eq!(groups, [vec![1, 4], vec![3, 0], vec![2]]);
+        let wide = Batching {
+            max_inputs: 8,
+            max_tokens: 24,
+        };
+        // 3,3,4 fit (3 rows x 4); adding 9 would need 4 x 9 = 36.
+        assert_eq!(wide.buckets(&[9, 3, 12, 4, 3]), [vec![1, 4, 3], vec![0, 2]]);
     }
 
     #[test]

@@ -86,9 +86,13 @@ pub struct InputArgs {
     /// Read inputs one per line from FILE (`-` for stdin); repeatable
     #[arg(long, value_name = "FILE", conflicts_with = "texts")]
     pub input: Vec<PathBuf>,
-    /// Inputs per forward pass
+    /// Most inputs per forward pass
     #[arg(long, value_name = "N", default_value = "32", value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
+    /// Most tokens per forward pass, padding included; encoder tasks sort a window of inputs
+    /// by length and batch under this budget
+    #[arg(long, value_name = "N", default_value = "8192", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch_tokens: u32,
     /// Input lines are JSON objects; take the text from this string field
     #[arg(long, value_name = "NAME")]
     pub field: Option<String>,

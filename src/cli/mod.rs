@@ -31,6 +31,7 @@ use crate::tasks::ner::{self, Entity, Tagged, TokenTagger};
 use crate::tasks::qa::{self, Answer, QaSettings, QuestionAnswerer};
 use crate::tasks::text2text::{self, Output, Seq2Seq, Seq2SeqTask};
 use crate::tasks::LoadOptions;
+use crate::tokenize::Batching;
 
 /// How a run ended, for the exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +113,17 @@ fn input_source(input: &InputArgs) -> anyhow::Result<InputSource> {
     Ok(InputSource::Files(vec!["-".into()]))
 }
 
+/// Batches' worth of inputs that encoder tasks sort by length together.
+const BUCKETING_WINDOW: usize = 16;
+
+/// The batching flags.
+fn batching(input: &InputArgs) -> Batching {
+    Batching {
+        max_inputs: input.batch_size as usize,
+        max_tokens: input.max_batch_tokens as usize,
+    }
+}
+
 /// Set by SIGINT or SIGTERM: batch jobs end after the records at hand.
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -158,6 +170,7 @@ fn run_batch<T>(
     input: &InputArgs,
     output: &OutputArgs,
     reporter: &Reporter,
+    bucketed: bool,
     process: impl FnMut(&[&str]) -> crate::Result<Vec<crate::Result<T>>>,
     mut write: impl FnMut(&mut RecordWriter, &Record, &T) -> std::io::Result<()>,
 ) -> anyhow::Result<Outcome> {
@@ -180,37 +193,38 @@ fn run_batch<T>(
             Err(_) => true,
         })
         .peekable();
-    // Skip what the file being resumed holds, counting it to keep batches aligned.
+    // Bucketing tasks get a window of inputs to sort by length; the others a batch.
+    let window = input.batch_size as usize * if bucketed { BUCKETING_WINDOW } else { 1 };
+    // Skip what the file being resumed holds, but replay the start of the window the
+    // resume point falls in, so every batch matches the first run's.
+    let mut skipped = std::collections::VecDeque::with_capacity(window);
     let mut done_before = 0;
     if let Some(last) = resume_after {
-        while records
-            .next_if(|r| r.as_ref().is_ok_and(|r| r.index <= last))
-            .is_some()
-        {
+        while let Some(record) = records.next_if(|r| r.as_ref().is_ok_and(|r| r.index <= last)) {
             done_before += 1;
+            if skipped.len() == window {
+                skipped.pop_front();
+            }
+            skipped.push_back(record);
         }
     }
+    let replay = done_before % window;
+    let replayed = skipped.len() - replay;
+    let records = skipped.into_iter().skip(replayed).chain(records);
     let started = Instant::now();
     let mut done = 0u64;
-    let summary = batch::run(
-        records,
-        input.batch_size as usize,
-        done_before,
-        &STOP,
-        process,
-        |record, result| {
-            done += 1;
-            bar.set_position(bytes_read.load(Ordering::Relaxed));
-            bar.set_message(format!(
-                "{done} records, {:.1}/s",
-                done as f64 / started.elapsed().as_secs_f64().max(1e-9)
-            ));
-            match result {
-                Ok(value) => write(&mut writer, record, &value),
-                Err(error) => writer.error(record.index, &error),
-            }
-        },
-    );
+    let summary = batch::run(records, window, replay, &STOP, process, |record, result| {
+        done += 1;
+        bar.set_position(bytes_read.load(Ordering::Relaxed));
+        bar.set_message(format!(
+            "{done} records, {:.1}/s",
+            done as f64 / started.elapsed().as_secs_f64().max(1e-9)
+        ));
+        match result {
+            Ok(value) => write(&mut writer, record, &value),
+            Err(error) => writer.error(record.index, &error),
+        }
+    });
     bar.finish_and_clear();
     let Summary {
         records,
@@ -251,7 +265,8 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<Outcome> {
         .model
         .as_deref()
         .unwrap_or(classify::DEFAULT_MODEL);
-    let classifier = Classifier::load(model, &load_options(&args.model, &args.device, &reporter))?;
+    let classifier = Classifier::load(model, &load_options(&args.model, &args.device, &reporter))?
+        .with_batching(batching(&args.input));
     let keep = if args.all {
         usize::MAX
     } else {
@@ -263,6 +278,7 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<Outcome> {
         &args.input,
         &args.output,
         &reporter,
+        true,
         |texts| classifier.classify(texts),
         |writer, record, result: &Classification| {
             if result.truncated {
@@ -360,6 +376,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<Outcome> {
         &input,
         &args.output,
         &reporter,
+        false,
         |prompts| {
             if !stream {
                 return generator.generate(prompts, &settings, &args.stop, |_, _| {});
@@ -463,6 +480,7 @@ fn seq2seq(args: Text2TextArgs, task: Seq2SeqTask) -> anyhow::Result<Outcome> {
         &args.input,
         &args.output,
         &reporter,
+        false,
         |texts| seq2seq.generate(texts, &settings, &prefix),
         |writer, record, output: &Output| {
             if output.truncated {
@@ -504,12 +522,14 @@ fn embed(args: EmbedArgs) -> anyhow::Result<Outcome> {
         model,
         &load_options(&args.model, &args.device, &reporter),
         &choices,
-    )?;
+    )?
+    .with_batching(batching(&args.input));
     let mut truncated = RepeatedWarning::new("were truncated to the model window");
     let outcome = run_batch(
         &args.input,
         &args.output,
         &reporter,
+        true,
         |texts| embedder.embed(texts),
         |writer, record, embedding: &Embedding| {
             if embedding.truncated {
@@ -557,7 +577,8 @@ fn fill_mask(args: FillMaskArgs) -> anyhow::Result<Outcome> {
         .model
         .as_deref()
         .unwrap_or(fill_mask::DEFAULT_MODEL);
-    let filler = MaskFiller::load(model, &load_options(&args.model, &args.device, &reporter))?;
+    let filler = MaskFiller::load(model, &load_options(&args.model, &args.device, &reporter))?
+        .with_batching(batching(&args.input));
     let targets = if args.targets.is_empty() {
         None
     } else {
@@ -570,6 +591,7 @@ fn fill_mask(args: FillMaskArgs) -> anyhow::Result<Outcome> {
         &args.input,
         &args.output,
         &reporter,
+        true,
         |texts| filler.fill(texts, args.top_k as usize, targets.as_deref()),
         |writer, record, filled: &Filled| {
             if filled.truncated {
@@ -618,12 +640,14 @@ struct NerRecord<'a> {
 fn ner(args: NerArgs) -> anyhow::Result<Outcome> {
     let reporter = Reporter::new(args.output.quiet);
     let model = args.model.model.as_deref().unwrap_or(ner::DEFAULT_MODEL);
-    let tagger = TokenTagger::load(model, &load_options(&args.model, &args.device, &reporter))?;
+    let tagger = TokenTagger::load(model, &load_options(&args.model, &args.device, &reporter))?
+        .with_batching(batching(&args.input));
     let mut truncated = RepeatedWarning::new("were truncated to the model window");
     let outcome = run_batch(
         &args.input,
         &args.output,
         &reporter,
+        true,
         |texts| tagger.tag(texts, args.aggregation),
         |writer, record, tagged: &Tagged| {
             if tagged.truncated {
@@ -710,6 +734,7 @@ fn question_answering(mut args: QaArgs) -> anyhow::Result<Outcome> {
         &args.input,
         &args.output,
         &reporter,
+        false,
         |lines| Ok(lines.iter().map(|line| answer(line)).collect()),
         |writer, record, answered: &Answered| {
             let best = answered.answers.first();

@@ -9,7 +9,7 @@ use crate::device::Precision;
 use crate::error::Result;
 use crate::hub::{self, ModelRepo};
 use crate::models::{self, ModelConfig, SequenceClassifier, Task};
-use crate::tokenize::{Batch, Encoding, Side, TextEncoder};
+use crate::tokenize::{Batch, Batching, Encoding, Side, TextEncoder};
 
 pub const DEFAULT_MODEL: &str = "distilbert/distilbert-base-uncased-finetuned-sst-2-english";
 
@@ -68,6 +68,7 @@ pub struct Classifier {
     text: TextEncoder,
     labels: Vec<String>,
     scoring: Scoring,
+    batching: Batching,
     device: Device,
     dtype: DType,
 }
@@ -101,9 +102,16 @@ impl Classifier {
             text,
             labels,
             scoring,
+            batching: Batching::default(),
             device,
             dtype,
         })
+    }
+
+    /// How inputs are grouped into forward passes.
+    pub fn with_batching(mut self, batching: Batching) -> Self {
+        self.batching = batching;
+        self
     }
 
     /// Label names by id.
@@ -124,12 +132,15 @@ impl Classifier {
         self.text.window()
     }
 
-    /// Classifies `texts` as one padded batch. A text that cannot be tokenized fails alone;
-    /// an error in the forward pass fails the call.
+    /// Classifies `texts` in length-bucketed padded batches. A text that cannot be tokenized
+    /// fails alone; an error in the forward pass fails the call.
     pub fn classify(&self, texts: &[&str]) -> Result<Vec<Result<Classification>>> {
         let encoded = self.text.encode_all(texts);
         let ok: Vec<&Encoding> = encoded.iter().filter_map(|e| e.as_ref().ok()).collect();
-        let mut scores = self.scores(&ok)?.into_iter();
+        let mut scores = self
+            .batching
+            .run(&ok, |group| self.scores(group))?
+            .into_iter();
         Ok(encoded
             .into_iter()
             .map(|encoding| {

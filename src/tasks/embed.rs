@@ -12,7 +12,7 @@ use crate::device::Precision;
 use crate::error::{Error, Result};
 use crate::hub::{self, ModelRepo};
 use crate::models::{self, Encoder, ModelConfig, Task};
-use crate::tokenize::{Batch, Encoding, Side, TextEncoder};
+use crate::tokenize::{Batch, Batching, Encoding, Side, TextEncoder};
 
 pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
@@ -138,6 +138,7 @@ pub struct Embedder {
     text: TextEncoder,
     pooling: Vec<Pooling>,
     normalize: bool,
+    batching: Batching,
     device: Device,
 }
 
@@ -176,8 +177,15 @@ impl Embedder {
             text,
             pooling,
             normalize,
+            batching: Batching::default(),
             device,
         })
+    }
+
+    /// How inputs are grouped into forward passes.
+    pub fn with_batching(mut self, batching: Batching) -> Self {
+        self.batching = batching;
+        self
     }
 
     pub fn pooling(&self) -> &[Pooling] {
@@ -188,16 +196,15 @@ impl Embedder {
         self.normalize
     }
 
-    /// Embeds `texts` as one padded batch; a text that cannot be tokenized fails alone.
+    /// Embeds `texts` in length-bucketed padded batches; a text that cannot be tokenized
+    /// fails alone.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Result<Embedding>>> {
         let encoded = self.text.encode_all(texts);
         let ok: Vec<&Encoding> = encoded.iter().filter_map(|e| e.as_ref().ok()).collect();
-        let mut vectors = if ok.is_empty() {
-            Vec::new()
-        } else {
-            self.vectors(&ok)?
-        }
-        .into_iter();
+        let mut vectors = self
+            .batching
+            .run(&ok, |group| self.vectors(group))?
+            .into_iter();
         Ok(encoded
             .into_iter()
             .map(|encoding| {

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::generation::logits::softmax;
 use crate::hub::{self, ModelRepo};
 use crate::models::{self, MaskedLm, ModelConfig, Task};
-use crate::tokenize::{Batch, Encoding, Side, TextEncoder};
+use crate::tokenize::{Batch, Batching, Encoding, Side, TextEncoder};
 
 pub const DEFAULT_MODEL: &str = "google-bert/bert-base-uncased";
 
@@ -36,6 +36,7 @@ pub struct MaskFiller {
     text: TextEncoder,
     mask_token: String,
     mask_id: u32,
+    batching: Batching,
     device: Device,
 }
 
@@ -71,8 +72,15 @@ impl MaskFiller {
             text,
             mask_token,
             mask_id,
+            batching: Batching::default(),
             device,
         })
+    }
+
+    /// How inputs are grouped into forward passes.
+    pub fn with_batching(mut self, batching: Batching) -> Self {
+        self.batching = batching;
+        self
     }
 
     pub fn mask_token(&self) -> &str {
@@ -143,12 +151,10 @@ impl MaskFiller {
             })
             .collect();
         let ok: Vec<&Encoding> = encoded.iter().filter_map(|e| e.as_ref().ok()).collect();
-        let mut filled = if ok.is_empty() {
-            Vec::new()
-        } else {
-            self.predict(&ok, top_k, targets)?
-        }
-        .into_iter();
+        let mut filled = self
+            .batching
+            .run(&ok, |group| self.predict(group, top_k, targets))?
+            .into_iter();
         Ok(encoded
             .into_iter()
             .map(|encoding| {

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::generation::logits::softmax;
 use crate::hub::{self, ModelRepo};
 use crate::models::{self, ModelConfig, Task, TokenClassifier};
-use crate::tokenize::{Batch, Encoding, Side, TextEncoder};
+use crate::tokenize::{Batch, Batching, Encoding, Side, TextEncoder};
 
 pub const DEFAULT_MODEL: &str = "dslim/bert-base-NER";
 
@@ -79,6 +79,7 @@ pub struct TokenTagger {
     text: TextEncoder,
     labels: Vec<String>,
     unk_id: Option<u32>,
+    batching: Batching,
     device: Device,
 }
 
@@ -109,20 +110,25 @@ impl TokenTagger {
             text,
             labels,
             unk_id,
+            batching: Batching::default(),
             device,
         })
+    }
+
+    /// How inputs are grouped into forward passes.
+    pub fn with_batching(mut self, batching: Batching) -> Self {
+        self.batching = batching;
+        self
     }
 
     /// Tags each text as one padded batch.
     pub fn tag(&self, texts: &[&str], aggregation: Aggregation) -> Result<Vec<Result<Tagged>>> {
         let encoded = self.text.encode_all(texts);
         let ok: Vec<&Encoding> = encoded.iter().filter_map(|e| e.as_ref().ok()).collect();
-        let mut scores = if ok.is_empty() {
-            Vec::new()
-        } else {
-            self.scores(&ok)?
-        }
-        .into_iter();
+        let mut scores = self
+            .batching
+            .run(&ok, |group| self.scores(group))?
+            .into_iter();
         encoded
             .iter()
             .zip(texts)
