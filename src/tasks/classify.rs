@@ -84,16 +84,7 @@ impl Classifier {
         let labels = head.labels(&config)?;
         let scoring = Scoring::for_model(head.problem_type.as_deref(), labels.len());
 
-        let window = match super::tokenizer_max_length(&repo)? {
-            Some(limit) => limit.min(encoder_config.window()),
-            None => encoder_config.window(),
-        };
-        let text = TextEncoder::load(
-            &repo.required(hub::TOKENIZER)?,
-            window,
-            Some(encoder_config.pad_id),
-            Side::Right,
-        )?;
+        let text = super::encoder_text(&repo, &encoder_config, None)?;
         let (device, dtype) = options.placement(Precision::HalfSafe)?;
         let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
         let model = models::load_sequence_classifier(&config, &encoder_config, labels.len(), vb)?;
@@ -136,19 +127,14 @@ impl Classifier {
     /// fails alone; an error in the forward pass fails the call.
     pub fn classify(&self, texts: &[&str]) -> Result<Vec<Result<Classification>>> {
         let encoded = self.text.encode_all(texts);
-        let ok: Vec<&Encoding> = encoded.iter().filter_map(|e| e.as_ref().ok()).collect();
-        let mut scores = self
-            .batching
-            .run(&ok, |group| self.scores(group))?
-            .into_iter();
-        Ok(encoded
-            .into_iter()
-            .map(|encoding| {
-                let encoding = encoding?;
-                let scores = scores.next().unwrap_or_default();
-                Ok(self.ranked(&scores, encoding.truncated))
-            })
-            .collect())
+        Ok(
+            super::run_encoded(encoded, &self.batching, |group| self.scores(group))?
+                .into_iter()
+                .map(|input| {
+                    input.map(|(encoding, scores)| self.ranked(&scores, encoding.truncated))
+                })
+                .collect(),
+        )
     }
 
     /// Raw logits for already-encoded inputs, one row per input.

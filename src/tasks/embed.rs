@@ -156,19 +156,8 @@ impl Embedder {
         let normalize = choices
             .normalize
             .unwrap_or_else(|| described.as_ref().is_some_and(|st| st.normalize));
-        let mut window = encoder_config.window();
-        if let Some(limit) = super::tokenizer_max_length(&repo)? {
-            window = window.min(limit);
-        }
-        if let Some(limit) = described.as_ref().and_then(|st| st.max_seq_length) {
-            window = window.min(limit);
-        }
-        let text = TextEncoder::load(
-            &repo.required(hub::TOKENIZER)?,
-            window,
-            Some(encoder_config.pad_id),
-            Side::Right,
-        )?;
+        let max_seq_length = described.as_ref().and_then(|st| st.max_seq_length);
+        let text = super::encoder_text(&repo, &encoder_config, max_seq_length)?;
         let (device, dtype) = options.placement(Precision::HalfSafe)?;
         let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
         let encoder = models::load_encoder(&config, &encoder_config, vb)?;
@@ -200,21 +189,17 @@ impl Embedder {
     /// fails alone.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Result<Embedding>>> {
         let encoded = self.text.encode_all(texts);
-        let ok: Vec<&Encoding> = encoded.iter().filter_map(|e| e.as_ref().ok()).collect();
-        let mut vectors = self
-            .batching
-            .run(&ok, |group| self.vectors(group))?
-            .into_iter();
-        Ok(encoded
-            .into_iter()
-            .map(|encoding| {
-                let encoding = encoding?;
-                Ok(Embedding {
-                    vector: vectors.next().unwrap_or_default(),
-                    truncated: encoding.truncated,
+        Ok(
+            super::run_encoded(encoded, &self.batching, |group| self.vectors(group))?
+                .into_iter()
+                .map(|input| {
+                    input.map(|(encoding, vector)| Embedding {
+                        vector,
+                        truncated: encoding.truncated,
+                    })
                 })
-            })
-            .collect())
+                .collect(),
+        )
     }
 
     fn vectors(&self, encodings: &[&Encoding]) -> Result<Vec<Vec<f32>>> {

@@ -45,25 +45,15 @@ impl MaskFiller {
         let repo = ModelRepo::open(model, &options.hub)?;
         let config = ModelConfig::load(&repo.required(hub::CONFIG)?, Task::FillMask)?;
         let encoder_config = models::encoder_config(&config)?;
-        let window = match super::tokenizer_max_length(&repo)? {
-            Some(limit) => limit.min(encoder_config.window()),
-            None => encoder_config.window(),
-        };
-        let tokenizer_path = repo.required(hub::TOKENIZER)?;
-        let text = TextEncoder::load(
-            &tokenizer_path,
-            window,
-            Some(encoder_config.pad_id),
-            Side::Right,
-        )?;
+        let text = super::encoder_text(&repo, &encoder_config, None)?;
         let mask_token =
             super::special_token(&repo, "mask_token")?.unwrap_or_else(|| "[MASK]".to_string());
-        let mask_id = text.tokenizer().token_to_id(&mask_token).ok_or_else(|| {
-            Error::config(
-                &tokenizer_path,
+        let Some(mask_id) = text.tokenizer().token_to_id(&mask_token) else {
+            return Err(Error::config(
+                repo.required(hub::TOKENIZER)?,
                 format!("the mask token {mask_token} is not in the vocabulary"),
-            )
-        })?;
+            ));
+        };
         let (device, dtype) = options.placement(Precision::HalfSafe)?;
         let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
         let model = models::load_masked_lm(&config, &encoder_config, vb)?;
@@ -150,17 +140,14 @@ impl MaskFiller {
                 Ok(encoding)
             })
             .collect();
-        let ok: Vec<&Encoding> = encoded.iter().filter_map(|e| e.as_ref().ok()).collect();
-        let mut filled = self
-            .batching
-            .run(&ok, |group| self.predict(group, top_k, targets))?
-            .into_iter();
-        Ok(encoded
+        let filled = super::run_encoded(encoded, &self.batching, |group| {
+            self.predict(group, top_k, targets)
+        })?;
+        Ok(filled
             .into_iter()
-            .map(|encoding| {
-                let encoding = encoding?;
-                Ok(Filled {
-                    masks: filled.next().unwrap_or_default(),
+            .map(|input| {
+                input.map(|(encoding, masks)| Filled {
+                    masks,
                     truncated: encoding.truncated,
                 })
             })

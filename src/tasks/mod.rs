@@ -18,6 +18,7 @@ use crate::device::{self, DTypeChoice, DeviceChoice, Precision};
 use crate::error::{Error, Result};
 use crate::hub::HubOptions;
 use crate::models::ModelConfig;
+use crate::tokenize::{Batching, Encoding, Side, TextEncoder};
 
 /// The config.json fields of a classification head: labels and problem type.
 #[derive(Debug, Default, Deserialize)]
@@ -74,6 +75,47 @@ impl LoadOptions {
         let dtype = device::select_dtype(self.dtype, &device, precision);
         Ok((device, dtype))
     }
+}
+
+/// The tokenizer of a BERT-family checkpoint, cutting inputs at the model window, the
+/// tokenizer's own limit and `limit` (e.g. sentence-transformers' max_seq_length), whichever
+/// is smallest.
+fn encoder_text(
+    repo: &crate::hub::ModelRepo,
+    encoder_config: &crate::models::EncoderConfig,
+    limit: Option<usize>,
+) -> Result<TextEncoder> {
+    let window = [tokenizer_max_length(repo)?, limit]
+        .into_iter()
+        .flatten()
+        .fold(encoder_config.window(), usize::min);
+    TextEncoder::load(
+        &repo.required(crate::hub::TOKENIZER)?,
+        window,
+        Some(encoder_config.pad_id),
+        Side::Right,
+    )
+}
+
+/// Runs `forward` over the inputs that tokenized, in length-bucketed batches, and pairs
+/// every input with its result; an input that failed to tokenize keeps its error.
+fn run_encoded<T>(
+    encoded: Vec<Result<Encoding>>,
+    batching: &Batching,
+    forward: impl FnMut(&[&Encoding]) -> Result<Vec<T>>,
+) -> Result<Vec<Result<(Encoding, T)>>> {
+    let ok: Vec<&Encoding> = encoded.iter().filter_map(|e| e.as_ref().ok()).collect();
+    let mut results = batching.run(&ok, forward)?.into_iter();
+    Ok(encoded
+        .into_iter()
+        .map(|encoding| {
+            let encoding = encoding?;
+            let result = results
+                .next()
+                .ok_or_else(|| Error::Encode("a batch returned too few results".into()))?;
+            Ok((encoding, result))
+        })
+        .collect())
 }
 
 /// The tokenizer's own `model_max_length`, when tokenizer_config.json gives a real one

@@ -89,16 +89,7 @@ impl TokenTagger {
         let config = ModelConfig::load(&repo.required(hub::CONFIG)?, Task::Ner)?;
         let encoder_config = models::encoder_config(&config)?;
         let labels = config.parse::<HeadConfig>()?.labels(&config)?;
-        let window = match super::tokenizer_max_length(&repo)? {
-            Some(limit) => limit.min(encoder_config.window()),
-            None => encoder_config.window(),
-        };
-        let text = TextEncoder::load(
-            &repo.required(hub::TOKENIZER)?,
-            window,
-            Some(encoder_config.pad_id),
-            Side::Right,
-        )?;
+        let text = super::encoder_text(&repo, &encoder_config, None)?;
         let unk_id = super::special_token(&repo, "unk_token")?
             .and_then(|unk| text.tokenizer().token_to_id(&unk));
         let (device, dtype) = options.placement(Precision::HalfSafe)?;
@@ -124,22 +115,16 @@ impl TokenTagger {
     /// Tags each text as one padded batch.
     pub fn tag(&self, texts: &[&str], aggregation: Aggregation) -> Result<Vec<Result<Tagged>>> {
         let encoded = self.text.encode_all(texts);
-        let ok: Vec<&Encoding> = encoded.iter().filter_map(|e| e.as_ref().ok()).collect();
-        let mut scores = self
-            .batching
-            .run(&ok, |group| self.scores(group))?
-            .into_iter();
-        encoded
-            .iter()
+        super::run_encoded(encoded, &self.batching, |group| self.scores(group))?
+            .into_iter()
             .zip(texts)
-            .map(|(encoding, text)| {
-                let encoding = match encoding {
-                    Ok(encoding) => encoding,
-                    Err(e) => return Ok(Err(Error::Encode(e.to_string()))),
+            .map(|(input, text)| {
+                let (encoding, scores) = match input {
+                    Ok(input) => input,
+                    Err(e) => return Ok(Err(e)),
                 };
-                let token_scores = scores.next().unwrap_or_default();
                 Ok(Ok(Tagged {
-                    entities: self.entities(text, encoding, token_scores, aggregation)?,
+                    entities: self.entities(text, &encoding, scores, aggregation)?,
                     truncated: encoding.truncated,
                 }))
             })
