@@ -138,6 +138,9 @@ impl QuestionAnswerer {
         for (index, (window, logits)) in windows.iter().zip(&logits).enumerate() {
             let allowed = self.allowed(window);
             let len = window.ids.len();
+            if len == 0 {
+                continue;
+            }
             let masked = |column: usize| -> Vec<f32> {
                 (0..len)
                     .map(|i| {
