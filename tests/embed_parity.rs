@@ -95,3 +95,60 @@ fn real_minilm_matches_transformers() {
         );
     }
 }
+
+/// `--pooling` and `--normalize` on plain checkpoints (no sentence-transformers files)
+/// against transformers' hidden states pooled as sentence-transformers defines each mode
+/// (scripts/expected_pooling.py).
+#[test]
+fn pooling_flags_match_transformers_on_plain_checkpoints() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pooling-expected.json");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for case in expected["cases"].as_array().unwrap() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(case["fixture"].as_str().unwrap());
+        let pooling = match case["pooling"].as_str().unwrap() {
+            "cls" => Pooling::Cls,
+            "max" => Pooling::Max,
+            "mean" => Pooling::Mean,
+            _ => Pooling::MeanSqrtLen,
+        };
+        let normalize = case["normalize"].as_bool().unwrap();
+        let choices = EmbedChoices {
+            pooling: Some(pooling),
+            normalize: Some(normalize),
+        };
+        let embedder = Embedder::load(fixture.to_str().unwrap(), &options(), &choices).unwrap();
+        let texts: Vec<&str> = case["texts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        for ((text, got), want) in texts
+            .iter()
+            .zip(embedder.embed(&texts).unwrap())
+            .zip(case["embeddings"].as_array().unwrap())
+        {
+            let got = got.unwrap().vector;
+            let want: Vec<f32> = want
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            assert_eq!(got.len(), want.len());
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                worst < 1e-4,
+                "{case:?} {text:?}: max difference {worst}",
+                case = (&case["fixture"], &case["pooling"], normalize)
+            );
+        }
+    }
+}
