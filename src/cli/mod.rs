@@ -33,6 +33,31 @@ use crate::tasks::text2text::{self, Output, Seq2Seq, Seq2SeqTask};
 use crate::tasks::LoadOptions;
 use crate::tokenize::Batching;
 
+/// A result that may come from an input cut to fit the model, which the batch engine warns
+/// about once and then counts.
+trait Truncation {
+    fn truncated(&self) -> bool;
+}
+
+macro_rules! truncation_field {
+    ($($result:ty => $field:ident),* $(,)?) => {$(
+        impl Truncation for $result {
+            fn truncated(&self) -> bool {
+                self.$field
+            }
+        }
+    )*};
+}
+
+truncation_field!(
+    Classification => truncated,
+    Embedding => truncated,
+    Filled => truncated,
+    Tagged => truncated,
+    Output => truncated,
+    Completion => prompt_truncated,
+);
+
 /// How a run ended, for the exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -166,7 +191,7 @@ fn progress(reporter: &Reporter, source: &InputSource) -> indicatif::ProgressBar
 /// fields; a shard), skips what an --output file being resumed already holds, runs
 /// `process` over chunks, writes each result with `write` in input order, shows progress,
 /// and ends between records on SIGINT/SIGTERM.
-fn run_batch<T>(
+fn run_batch<T: Truncation>(
     input: &InputArgs,
     output: &OutputArgs,
     reporter: &Reporter,
@@ -213,6 +238,7 @@ fn run_batch<T>(
     let records = skipped.into_iter().skip(replayed).chain(records);
     let started = Instant::now();
     let mut done = 0u64;
+    let mut truncated = RepeatedWarning::new("were truncated to the model window");
     let summary = batch::run(records, window, replay, &STOP, process, |record, result| {
         done += 1;
         bar.set_position(bytes_read.load(Ordering::Relaxed));
@@ -221,10 +247,21 @@ fn run_batch<T>(
             done as f64 / started.elapsed().as_secs_f64().max(1e-9)
         ));
         match result {
-            Ok(value) => write(&mut writer, record, &value),
+            Ok(value) => {
+                if value.truncated() {
+                    truncated.note(reporter, || {
+                        format!(
+                            "input {} is longer than the model window and was truncated",
+                            record.index
+                        )
+                    });
+                }
+                write(&mut writer, record, &value)
+            }
             Err(error) => writer.error(record.index, &error),
         }
     });
+    truncated.finish(reporter);
     bar.finish_and_clear();
     let Summary {
         records,
@@ -272,8 +309,6 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<Outcome> {
     } else {
         args.top_k as usize
     };
-    let window = classifier.window();
-    let mut truncated = RepeatedWarning::new("were truncated to the model window");
     let outcome = run_batch(
         &args.input,
         &args.output,
@@ -281,14 +316,6 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<Outcome> {
         true,
         |texts| classifier.classify(texts),
         |writer, record, result: &Classification| {
-            if result.truncated {
-                truncated.note(&reporter, || {
-                    format!(
-                        "input {} is longer than the model window of {window} tokens and was truncated",
-                        record.index
-                    )
-                });
-            }
             let labels = &result.labels[..keep.min(result.labels.len())];
             let Some(best) = labels.first() else {
                 return writer.error(record.index, "the model has no labels");
@@ -309,7 +336,6 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<Outcome> {
             })
         },
     )?;
-    truncated.finish(&reporter);
     Ok(outcome)
 }
 
@@ -370,7 +396,6 @@ fn generate(args: GenerateArgs) -> anyhow::Result<Outcome> {
         input.batch_size = 1;
     }
     let window = generator.window();
-    let mut truncated = RepeatedWarning::new("lost the start of their prompt to the model window");
     let mut hit_window = RepeatedWarning::new("stopped at the model window");
     let outcome = run_batch(
         &input,
@@ -397,14 +422,6 @@ fn generate(args: GenerateArgs) -> anyhow::Result<Outcome> {
             }
         },
         |writer, record, completion: &Completion| {
-            if completion.prompt_truncated {
-                truncated.note(&reporter, || {
-                    format!(
-                        "input {}: the prompt is longer than the model window of {window} tokens; its start was cut",
-                        record.index
-                    )
-                });
-            }
             if completion.hit_window {
                 hit_window.note(&reporter, || {
                     format!(
@@ -430,7 +447,6 @@ fn generate(args: GenerateArgs) -> anyhow::Result<Outcome> {
             })
         },
     )?;
-    truncated.finish(&reporter);
     hit_window.finish(&reporter);
     Ok(outcome)
 }
@@ -475,7 +491,6 @@ fn seq2seq(args: Text2TextArgs, task: Seq2SeqTask) -> anyhow::Result<Outcome> {
     if let Err(problem) = settings.validate() {
         bail!(problem);
     }
-    let mut truncated = RepeatedWarning::new("were truncated to the tokenizer's limit");
     let outcome = run_batch(
         &args.input,
         &args.output,
@@ -483,14 +498,6 @@ fn seq2seq(args: Text2TextArgs, task: Seq2SeqTask) -> anyhow::Result<Outcome> {
         false,
         |texts| seq2seq.generate(texts, &settings, &prefix),
         |writer, record, output: &Output| {
-            if output.truncated {
-                truncated.note(&reporter, || {
-                    format!(
-                        "input {} is longer than the tokenizer's limit and was truncated",
-                        record.index
-                    )
-                });
-            }
             let json = Text2TextRecord {
                 index: record.index,
                 text: record.text.as_deref().unwrap_or_default(),
@@ -500,7 +507,6 @@ fn seq2seq(args: Text2TextArgs, task: Seq2SeqTask) -> anyhow::Result<Outcome> {
             writer.ok(&json, || output.text.clone())
         },
     )?;
-    truncated.finish(&reporter);
     Ok(outcome)
 }
 
@@ -524,7 +530,6 @@ fn embed(args: EmbedArgs) -> anyhow::Result<Outcome> {
         &choices,
     )?
     .with_batching(batching(&args.input));
-    let mut truncated = RepeatedWarning::new("were truncated to the model window");
     let outcome = run_batch(
         &args.input,
         &args.output,
@@ -532,14 +537,6 @@ fn embed(args: EmbedArgs) -> anyhow::Result<Outcome> {
         true,
         |texts| embedder.embed(texts),
         |writer, record, embedding: &Embedding| {
-            if embedding.truncated {
-                truncated.note(&reporter, || {
-                    format!(
-                        "input {} is longer than the model window and was truncated",
-                        record.index
-                    )
-                });
-            }
             let json = EmbedRecord {
                 index: record.index,
                 text: record.text.as_deref().unwrap_or_default(),
@@ -551,7 +548,6 @@ fn embed(args: EmbedArgs) -> anyhow::Result<Outcome> {
             })
         },
     )?;
-    truncated.finish(&reporter);
     Ok(outcome)
 }
 
@@ -586,7 +582,6 @@ fn fill_mask(args: FillMaskArgs) -> anyhow::Result<Outcome> {
         warnings.iter().for_each(|w| reporter.warn(w));
         Some(ids)
     };
-    let mut truncated = RepeatedWarning::new("were truncated to the model window");
     let outcome = run_batch(
         &args.input,
         &args.output,
@@ -594,14 +589,6 @@ fn fill_mask(args: FillMaskArgs) -> anyhow::Result<Outcome> {
         true,
         |texts| filler.fill(texts, args.top_k as usize, targets.as_deref()),
         |writer, record, filled: &Filled| {
-            if filled.truncated {
-                truncated.note(&reporter, || {
-                    format!(
-                        "input {} is longer than the model window and was truncated",
-                        record.index
-                    )
-                });
-            }
             let predictions = match filled.masks.as_slice() {
                 [one] => Predictions::One(one),
                 many => Predictions::PerMask(many),
@@ -626,7 +613,6 @@ fn fill_mask(args: FillMaskArgs) -> anyhow::Result<Outcome> {
             })
         },
     )?;
-    truncated.finish(&reporter);
     Ok(outcome)
 }
 
@@ -642,7 +628,6 @@ fn ner(args: NerArgs) -> anyhow::Result<Outcome> {
     let model = args.model.model.as_deref().unwrap_or(ner::DEFAULT_MODEL);
     let tagger = TokenTagger::load(model, &load_options(&args.model, &args.device, &reporter))?
         .with_batching(batching(&args.input));
-    let mut truncated = RepeatedWarning::new("were truncated to the model window");
     let outcome = run_batch(
         &args.input,
         &args.output,
@@ -650,14 +635,6 @@ fn ner(args: NerArgs) -> anyhow::Result<Outcome> {
         true,
         |texts| tagger.tag(texts, args.aggregation),
         |writer, record, tagged: &Tagged| {
-            if tagged.truncated {
-                truncated.note(&reporter, || {
-                    format!(
-                        "input {} is longer than the model window and was truncated",
-                        record.index
-                    )
-                });
-            }
             let json = NerRecord {
                 index: record.index,
                 text: record.text.as_deref().unwrap_or_default(),
@@ -686,7 +663,6 @@ fn ner(args: NerArgs) -> anyhow::Result<Outcome> {
             })
         },
     )?;
-    truncated.finish(&reporter);
     Ok(outcome)
 }
 
@@ -706,6 +682,13 @@ struct QaRecord<'a> {
 struct Answered {
     question: String,
     answers: Vec<Answer>,
+}
+
+/// Long contexts are split into windows, never cut.
+impl Truncation for Answered {
+    fn truncated(&self) -> bool {
+        false
+    }
 }
 
 fn question_answering(mut args: QaArgs) -> anyhow::Result<Outcome> {
