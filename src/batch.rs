@@ -33,7 +33,7 @@ pub enum InputSource {
 pub struct Records {
     args: std::vec::IntoIter<OsString>,
     files: std::vec::IntoIter<PathBuf>,
-    current: Option<(PathBuf, Box<dyn BufRead>)>,
+    current: Option<(PathBuf, Box<dyn BufRead + Send>)>,
     next_index: usize,
     line: Vec<u8>,
     field: Option<String>,
@@ -117,7 +117,7 @@ impl Shard {
     }
 }
 
-fn open(path: &Path) -> Result<Box<dyn BufRead>> {
+fn open(path: &Path) -> Result<Box<dyn BufRead + Send>> {
     if path == Path::new("-") {
         return Ok(Box::new(BufReader::new(io::stdin())));
     }
@@ -186,73 +186,114 @@ pub struct Summary {
     pub interrupted: bool,
 }
 
-/// Runs `process` over the records in chunks of `batch_size` and hands every result to `emit`
-/// in input order. Records that failed before processing, and whole chunks whose processing
-/// failed, are emitted as errors; the run goes on. When `stop` is set the run ends after the
-/// chunk at hand, so every record emitted is whole.
+/// What the reading stage hands the model stage: a chunk of records with its prepared
+/// (tokenized) texts, or the end of the input.
+enum Stage<P> {
+    Chunk(Vec<Record>, P),
+    /// Reading stopped early because a stop was requested.
+    Stopped,
+}
+
+/// Runs the records through two stages in chunks of `batch_size`: a reading thread reads
+/// each chunk and runs `prepare` on its texts (tokenization) while this thread runs
+/// `process` on the chunk before it (the model). Every result goes to `emit` in input order.
+/// Records that failed before processing, and whole chunks whose processing failed, are
+/// emitted as errors; the run goes on. When `stop` is set, reading ends and the chunks
+/// already read are finished, so every record emitted is whole.
 ///
 /// The first `replay` records were already written by the run being resumed: they are
 /// processed again, so that every batch holds the same inputs as in that run and gives the
 /// same bits, but not emitted.
-pub fn run<T, P, E>(
-    records: impl Iterator<Item = Result<Record>>,
+pub fn run<T, Prepared, R, F, P, E>(
+    records: R,
     batch_size: usize,
     mut replay: usize,
     stop: &AtomicBool,
+    prepare: F,
     mut process: P,
     mut emit: E,
 ) -> Result<Summary>
 where
-    P: FnMut(&[&str]) -> Result<Vec<Result<T>>>,
+    R: Iterator<Item = Result<Record>> + Send,
+    Prepared: Send,
+    F: Fn(&[&str]) -> Prepared + Sync,
+    P: FnMut(&[&str], Prepared) -> Result<Vec<Result<T>>>,
     E: FnMut(&Record, std::result::Result<T, String>) -> io::Result<()>,
 {
-    let mut summary = Summary::default();
-    let mut chunk: Vec<Record> = Vec::with_capacity(batch_size);
-    let mut records = records.peekable();
-    while records.peek().is_some() {
-        if stop.load(Ordering::Relaxed) {
-            summary.interrupted = true;
-            break;
-        }
-        chunk.clear();
-        while chunk.len() < batch_size {
-            match records.next() {
-                Some(record) => chunk.push(record?),
-                None => break,
-            }
-        }
-        let texts: Vec<&str> = chunk
+    fn texts_of(chunk: &[Record]) -> Vec<&str> {
+        chunk
             .iter()
             .filter_map(|r| r.text.as_deref().ok())
-            .collect();
-        let results: Vec<std::result::Result<T, String>> = match process(&texts) {
-            Ok(results) => results
-                .into_iter()
-                .map(|r| r.map_err(|e| error_chain(&e)))
-                .collect(),
-            Err(e) => {
-                let message = error_chain(&e);
-                texts.iter().map(|_| Err(message.clone())).collect()
-            }
-        };
-        let mut results = results.into_iter();
-        for record in &chunk {
-            let result = match &record.text {
-                Ok(_) => results
-                    .next()
-                    .unwrap_or_else(|| Err("no result was produced".to_string())),
-                Err(reason) => Err(reason.clone()),
-            };
-            if replay > 0 {
-                replay -= 1;
-                continue;
-            }
-            summary.records += 1;
-            summary.failed += usize::from(result.is_err());
-            emit(record, result).map_err(|e| Error::io("<stdout>", e))?;
-        }
+            .collect()
     }
-    Ok(summary)
+    std::thread::scope(|scope| {
+        // One chunk in flight while the next is read: memory stays bounded.
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Result<Stage<Prepared>>>(1);
+        let prepare = &prepare;
+        scope.spawn(move || {
+            let mut records = records.peekable();
+            while records.peek().is_some() {
+                if stop.load(Ordering::Relaxed) {
+                    let _ = sender.send(Ok(Stage::Stopped));
+                    return;
+                }
+                let mut chunk = Vec::with_capacity(batch_size);
+                while chunk.len() < batch_size {
+                    match records.next() {
+                        Some(Ok(record)) => chunk.push(record),
+                        Some(Err(e)) => {
+                            let _ = sender.send(Err(e));
+                            return;
+                        }
+                        None => break,
+                    }
+                }
+                let prepared = prepare(&texts_of(&chunk));
+                if sender.send(Ok(Stage::Chunk(chunk, prepared))).is_err() {
+                    return; // The model stage ended (an output error).
+                }
+            }
+        });
+
+        let mut summary = Summary::default();
+        for stage in receiver {
+            let (chunk, prepared) = match stage? {
+                Stage::Chunk(chunk, prepared) => (chunk, prepared),
+                Stage::Stopped => {
+                    summary.interrupted = true;
+                    break;
+                }
+            };
+            let texts = texts_of(&chunk);
+            let results: Vec<std::result::Result<T, String>> = match process(&texts, prepared) {
+                Ok(results) => results
+                    .into_iter()
+                    .map(|r| r.map_err(|e| error_chain(&e)))
+                    .collect(),
+                Err(e) => {
+                    let message = error_chain(&e);
+                    texts.iter().map(|_| Err(message.clone())).collect()
+                }
+            };
+            let mut results = results.into_iter();
+            for record in &chunk {
+                let result = match &record.text {
+                    Ok(_) => results
+                        .next()
+                        .unwrap_or_else(|| Err("no result was produced".to_string())),
+                    Err(reason) => Err(reason.clone()),
+                };
+                if replay > 0 {
+                    replay -= 1;
+                    continue;
+                }
+                summary.records += 1;
+                summary.failed += usize::from(result.is_err());
+                emit(record, result).map_err(|e| Error::io("<stdout>", e))?;
+            }
+        }
+        Ok(summary)
+    })
 }
 
 /// An error and its causes on one line. A cause whose text an outer message already
@@ -275,6 +316,32 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn preparation_runs_on_its_own_thread_ahead_of_processing() {
+        let source = InputSource::Args((0..6).map(|i| i.to_string().into()).collect());
+        let main = std::thread::current().id();
+        let mut emitted = Vec::new();
+        run(
+            Records::new(source),
+            2,
+            0,
+            &AtomicBool::new(false),
+            |texts| (std::thread::current().id(), texts.len()),
+            |texts, (thread, prepared)| {
+                assert_ne!(thread, main, "tokenization must not wait for the model");
+                assert_eq!(prepared, texts.len());
+                Ok(texts.iter().map(|t| Ok(t.to_string())).collect())
+            },
+            |record, result| {
+                emitted.push((record.index, result.unwrap()));
+                Ok(())
+            },
+        )
+        .unwrap();
+        let expected: Vec<(usize, String)> = (0..6).map(|i| (i, i.to_string())).collect();
+        assert_eq!(emitted, expected);
+    }
 
     #[test]
     fn shards_split_by_index() {
@@ -323,7 +390,8 @@ mod tests {
             2,
             0,
             &AtomicBool::new(false),
-            |texts| {
+            |_| (),
+            |texts, ()| {
                 Ok(texts
                     .iter()
                     .map(|t| match t.len() {

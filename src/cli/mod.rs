@@ -191,12 +191,13 @@ fn progress(reporter: &Reporter, source: &InputSource) -> indicatif::ProgressBar
 /// fields; a shard), skips what an --output file being resumed already holds, runs
 /// `process` over chunks, writes each result with `write` in input order, shows progress,
 /// and ends between records on SIGINT/SIGTERM.
-fn run_batch<T: Truncation>(
+fn run_batch<T: Truncation, Prepared: Send>(
     input: &InputArgs,
     output: &OutputArgs,
     reporter: &Reporter,
     bucketed: bool,
-    process: impl FnMut(&[&str]) -> crate::Result<Vec<crate::Result<T>>>,
+    prepare: impl Fn(&[&str]) -> Prepared + Sync,
+    process: impl FnMut(&[&str], Prepared) -> crate::Result<Vec<crate::Result<T>>>,
     mut write: impl FnMut(&mut RecordWriter, &Record, &T) -> std::io::Result<()>,
 ) -> anyhow::Result<Outcome> {
     let source = input_source(input)?;
@@ -239,28 +240,36 @@ fn run_batch<T: Truncation>(
     let started = Instant::now();
     let mut done = 0u64;
     let mut truncated = RepeatedWarning::new("were truncated to the model window");
-    let summary = batch::run(records, window, replay, &STOP, process, |record, result| {
-        done += 1;
-        bar.set_position(bytes_read.load(Ordering::Relaxed));
-        bar.set_message(format!(
-            "{done} records, {:.1}/s",
-            done as f64 / started.elapsed().as_secs_f64().max(1e-9)
-        ));
-        match result {
-            Ok(value) => {
-                if value.truncated() {
-                    truncated.note(reporter, || {
-                        format!(
-                            "input {} is longer than the model window and was truncated",
-                            record.index
-                        )
-                    });
+    let summary = batch::run(
+        records,
+        window,
+        replay,
+        &STOP,
+        prepare,
+        process,
+        |record, result| {
+            done += 1;
+            bar.set_position(bytes_read.load(Ordering::Relaxed));
+            bar.set_message(format!(
+                "{done} records, {:.1}/s",
+                done as f64 / started.elapsed().as_secs_f64().max(1e-9)
+            ));
+            match result {
+                Ok(value) => {
+                    if value.truncated() {
+                        truncated.note(reporter, || {
+                            format!(
+                                "input {} is longer than the model window and was truncated",
+                                record.index
+                            )
+                        });
+                    }
+                    write(&mut writer, record, &value)
                 }
-                write(&mut writer, record, &value)
+                Err(error) => writer.error(record.index, &error),
             }
-            Err(error) => writer.error(record.index, &error),
-        }
-    });
+        },
+    );
     truncated.finish(reporter);
     bar.finish_and_clear();
     let Summary {
@@ -314,7 +323,8 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<Outcome> {
         &args.output,
         &reporter,
         true,
-        |texts| classifier.classify(texts),
+        |texts| classifier.encode(texts),
+        |_, encoded| classifier.classify_encoded(encoded),
         |writer, record, result: &Classification| {
             let labels = &result.labels[..keep.min(result.labels.len())];
             let Some(best) = labels.first() else {
@@ -402,7 +412,8 @@ fn generate(args: GenerateArgs) -> anyhow::Result<Outcome> {
         &args.output,
         &reporter,
         false,
-        |prompts| {
+        |_| (),
+        |prompts, ()| {
             if !stream {
                 return generator.generate(prompts, &settings, &args.stop, |_, _| {});
             }
@@ -496,7 +507,8 @@ fn seq2seq(args: Text2TextArgs, task: Seq2SeqTask) -> anyhow::Result<Outcome> {
         &args.output,
         &reporter,
         false,
-        |texts| seq2seq.generate(texts, &settings, &prefix),
+        |_| (),
+        |texts, ()| seq2seq.generate(texts, &settings, &prefix),
         |writer, record, output: &Output| {
             let json = Text2TextRecord {
                 index: record.index,
@@ -535,7 +547,8 @@ fn embed(args: EmbedArgs) -> anyhow::Result<Outcome> {
         &args.output,
         &reporter,
         true,
-        |texts| embedder.embed(texts),
+        |texts| embedder.encode(texts),
+        |_, encoded| embedder.embed_encoded(encoded),
         |writer, record, embedding: &Embedding| {
             let json = EmbedRecord {
                 index: record.index,
@@ -587,7 +600,8 @@ fn fill_mask(args: FillMaskArgs) -> anyhow::Result<Outcome> {
         &args.output,
         &reporter,
         true,
-        |texts| filler.fill(texts, args.top_k as usize, targets.as_deref()),
+        |texts| filler.encode(texts),
+        |_, encoded| filler.fill_encoded(encoded, args.top_k as usize, targets.as_deref()),
         |writer, record, filled: &Filled| {
             let predictions = match filled.masks.as_slice() {
                 [one] => Predictions::One(one),
@@ -633,7 +647,8 @@ fn ner(args: NerArgs) -> anyhow::Result<Outcome> {
         &args.output,
         &reporter,
         true,
-        |texts| tagger.tag(texts, args.aggregation),
+        |texts| tagger.encode(texts),
+        |texts, encoded| tagger.tag_encoded(texts, encoded, args.aggregation),
         |writer, record, tagged: &Tagged| {
             let json = NerRecord {
                 index: record.index,
@@ -718,7 +733,8 @@ fn question_answering(mut args: QaArgs) -> anyhow::Result<Outcome> {
         &args.output,
         &reporter,
         false,
-        |lines| Ok(lines.iter().map(|line| answer(line)).collect()),
+        |_| (),
+        |lines, ()| Ok(lines.iter().map(|line| answer(line)).collect()),
         |writer, record, answered: &Answered| {
             let best = answered.answers.first();
             let json = QaRecord {

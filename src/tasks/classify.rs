@@ -126,7 +126,20 @@ impl Classifier {
     /// Classifies `texts` in length-bucketed padded batches. A text that cannot be tokenized
     /// fails alone; an error in the forward pass fails the call.
     pub fn classify(&self, texts: &[&str]) -> Result<Vec<Result<Classification>>> {
-        let encoded = self.text.encode_all(texts);
+        self.classify_encoded(self.encode(texts))
+    }
+
+    /// Tokenizes `texts` for [`Classifier::classify_encoded`] (a separate step, so batch
+    /// jobs can tokenize the next inputs while the model runs).
+    pub fn encode(&self, texts: &[&str]) -> Vec<Result<Encoding>> {
+        self.text.encode_all(texts)
+    }
+
+    /// Classifies inputs tokenized by [`Classifier::encode`].
+    pub fn classify_encoded(
+        &self,
+        encoded: Vec<Result<Encoding>>,
+    ) -> Result<Vec<Result<Classification>>> {
         Ok(
             super::run_encoded(encoded, &self.batching, |group| self.scores(group))?
                 .into_iter()

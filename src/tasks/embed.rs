@@ -188,7 +188,16 @@ impl Embedder {
     /// Embeds `texts` in length-bucketed padded batches; a text that cannot be tokenized
     /// fails alone.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Result<Embedding>>> {
-        let encoded = self.text.encode_all(texts);
+        self.embed_encoded(self.encode(texts))
+    }
+
+    /// Tokenizes `texts` for [`Embedder::embed_encoded`].
+    pub fn encode(&self, texts: &[&str]) -> Vec<Result<Encoding>> {
+        self.text.encode_all(texts)
+    }
+
+    /// Embeds inputs tokenized by [`Embedder::encode`].
+    pub fn embed_encoded(&self, encoded: Vec<Result<Encoding>>) -> Result<Vec<Result<Embedding>>> {
         Ok(
             super::run_encoded(encoded, &self.batching, |group| self.vectors(group))?
                 .into_iter()

@@ -125,8 +125,13 @@ impl MaskFiller {
         top_k: usize,
         targets: Option<&[u32]>,
     ) -> Result<Vec<Result<Filled>>> {
-        let encoded: Vec<Result<Encoding>> = self
-            .text
+        self.fill_encoded(self.encode(texts), top_k, targets)
+    }
+
+    /// Tokenizes `texts` for [`MaskFiller::fill_encoded`]; a text with no mask token fails
+    /// here.
+    pub fn encode(&self, texts: &[&str]) -> Vec<Result<Encoding>> {
+        self.text
             .encode_all(texts)
             .into_iter()
             .map(|encoding| {
@@ -139,7 +144,16 @@ impl MaskFiller {
                 }
                 Ok(encoding)
             })
-            .collect();
+            .collect()
+    }
+
+    /// Fills the masks of inputs tokenized by [`MaskFiller::encode`].
+    pub fn fill_encoded(
+        &self,
+        encoded: Vec<Result<Encoding>>,
+        top_k: usize,
+        targets: Option<&[u32]>,
+    ) -> Result<Vec<Result<Filled>>> {
         let filled = super::run_encoded(encoded, &self.batching, |group| {
             self.predict(group, top_k, targets)
         })?;

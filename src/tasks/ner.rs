@@ -114,7 +114,21 @@ impl TokenTagger {
 
     /// Tags each text as one padded batch.
     pub fn tag(&self, texts: &[&str], aggregation: Aggregation) -> Result<Vec<Result<Tagged>>> {
-        let encoded = self.text.encode_all(texts);
+        self.tag_encoded(texts, self.encode(texts), aggregation)
+    }
+
+    /// Tokenizes `texts` for [`TokenTagger::tag_encoded`].
+    pub fn encode(&self, texts: &[&str]) -> Vec<Result<Encoding>> {
+        self.text.encode_all(texts)
+    }
+
+    /// Tags `texts`, already tokenized by [`TokenTagger::encode`].
+    pub fn tag_encoded(
+        &self,
+        texts: &[&str],
+        encoded: Vec<Result<Encoding>>,
+        aggregation: Aggregation,
+    ) -> Result<Vec<Result<Tagged>>> {
         super::run_encoded(encoded, &self.batching, |group| self.scores(group))?
             .into_iter()
             .zip(texts)
