@@ -278,7 +278,7 @@ fn run_batch<T: Truncation, Prepared: Send>(
         interrupted,
     } = summary?;
     if from_files {
-        reporter.note(format!(
+        reporter.summary(format!(
             "{records} records, {failed} failed, {:.1} s{}",
             started.elapsed().as_secs_f64(),
             if interrupted { " (interrupted)" } else { "" }

@@ -22,11 +22,10 @@ impl Reporter {
         }
     }
 
-    /// A closing note (counts, timings).
-    pub fn note(&self, message: impl std::fmt::Display) {
-        if !self.quiet {
-            eprintln!("llmx: {message}");
-        }
+    /// The closing summary of a batch job: printed even with --quiet, which silences only
+    /// progress and warnings, so that logs of unattended runs keep their counts.
+    pub fn summary(&self, message: impl std::fmt::Display) {
+        eprintln!("llmx: {message}");
     }
 
     /// Progress bars go to stderr only when a person is watching it.
