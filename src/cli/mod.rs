@@ -270,8 +270,8 @@ fn run_batch<T: Truncation, Prepared: Send>(
             }
         },
     );
-    truncated.finish(reporter);
     bar.finish_and_clear();
+    truncated.finish(reporter);
     let Summary {
         records,
         failed,
