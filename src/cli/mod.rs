@@ -318,7 +318,7 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<Outcome> {
     } else {
         args.top_k as usize
     };
-    let outcome = run_batch(
+    run_batch(
         &args.input,
         &args.output,
         &reporter,
@@ -345,8 +345,7 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<Outcome> {
                     .join("\t")
             })
         },
-    )?;
-    Ok(outcome)
+    )
 }
 
 /// The sampling flags as a settings layer. Asking for a temperature, top-k or top-p means
@@ -502,7 +501,7 @@ fn seq2seq(args: Text2TextArgs, task: Seq2SeqTask) -> anyhow::Result<Outcome> {
     if let Err(problem) = settings.validate() {
         bail!(problem);
     }
-    let outcome = run_batch(
+    run_batch(
         &args.input,
         &args.output,
         &reporter,
@@ -518,8 +517,7 @@ fn seq2seq(args: Text2TextArgs, task: Seq2SeqTask) -> anyhow::Result<Outcome> {
             };
             writer.ok(&json, || output.text.clone())
         },
-    )?;
-    Ok(outcome)
+    )
 }
 
 #[derive(Serialize)]
@@ -542,7 +540,7 @@ fn embed(args: EmbedArgs) -> anyhow::Result<Outcome> {
         &choices,
     )?
     .with_batching(batching(&args.input));
-    let outcome = run_batch(
+    run_batch(
         &args.input,
         &args.output,
         &reporter,
@@ -560,8 +558,7 @@ fn embed(args: EmbedArgs) -> anyhow::Result<Outcome> {
                 values.join(" ")
             })
         },
-    )?;
-    Ok(outcome)
+    )
 }
 
 /// One mask's candidates as a flat list, several masks' as a list per mask (as transformers).
@@ -595,7 +592,7 @@ fn fill_mask(args: FillMaskArgs) -> anyhow::Result<Outcome> {
         warnings.iter().for_each(|w| reporter.warn(w));
         Some(ids)
     };
-    let outcome = run_batch(
+    run_batch(
         &args.input,
         &args.output,
         &reporter,
@@ -626,8 +623,7 @@ fn fill_mask(args: FillMaskArgs) -> anyhow::Result<Outcome> {
                     .join("\n")
             })
         },
-    )?;
-    Ok(outcome)
+    )
 }
 
 #[derive(Serialize)]
@@ -642,7 +638,7 @@ fn ner(args: NerArgs) -> anyhow::Result<Outcome> {
     let model = args.model.model.as_deref().unwrap_or(ner::DEFAULT_MODEL);
     let tagger = TokenTagger::load(model, &load_options(&args.model, &args.device, &reporter))?
         .with_batching(batching(&args.input));
-    let outcome = run_batch(
+    run_batch(
         &args.input,
         &args.output,
         &reporter,
@@ -677,8 +673,7 @@ fn ner(args: NerArgs) -> anyhow::Result<Outcome> {
                     .join("\n")
             })
         },
-    )?;
-    Ok(outcome)
+    )
 }
 
 #[derive(Serialize)]
