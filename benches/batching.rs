@@ -10,7 +10,7 @@ use candle_nn::{VarBuilder, VarMap};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use llmx::device::{DTypeChoice, DeviceChoice};
 use llmx::hub::HubOptions;
-use llmx::models::{self, ModelConfig, Task};
+use llmx::models::{self, ModelConfig, Quantization, Task};
 use llmx::tasks::classify::Classifier;
 use llmx::tasks::LoadOptions;
 use llmx::tokenize::Batching;
@@ -34,7 +34,7 @@ fn checkpoint(dir: &Path) {
     let encoder = models::encoder_config(&parsed).unwrap();
     let weights = VarMap::new();
     let vb = VarBuilder::from_varmap(&weights, DType::F32, &Device::Cpu);
-    models::load_sequence_classifier(&parsed, &encoder, 2, vb).unwrap();
+    models::load_sequence_classifier(&parsed, &encoder, 2, vb, Quantization::None).unwrap();
     weights.save(dir.join("model.safetensors")).unwrap();
 }
 
@@ -72,6 +72,7 @@ fn bench_batching(c: &mut Criterion) {
         },
         device: DeviceChoice::Cpu,
         dtype: DTypeChoice::F32,
+        quantization: llmx::models::Quantization::None,
     };
     let unlimited = Batching {
         max_inputs: BATCH,

@@ -6,6 +6,7 @@ use candle_nn::{VarBuilder, VarMap};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use llmx::generation::{self, Flow, GenerationConfig, RowLimits};
 use llmx::models::gpt2::{Gpt2, Gpt2Config, Gpt2Session};
+use llmx::models::Quantization;
 
 const NEW_TOKENS: usize = 64;
 
@@ -14,7 +15,7 @@ fn bench_generate(c: &mut Criterion) {
     let config = Gpt2Config::default();
     let weights = VarMap::new();
     let vb = VarBuilder::from_varmap(&weights, DType::F32, &device);
-    let model = Gpt2::load(vb, &config).expect("a gpt2-sized model builds");
+    let model = Gpt2::load(vb, &config, Quantization::None).expect("a gpt2-sized model builds");
     let prompt: Vec<u32> = vec![15496, 11, 616, 3290, 318, 13779, 290, 340];
     let settings = GenerationConfig {
         max_new_tokens: Some(NEW_TOKENS),

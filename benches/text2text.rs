@@ -6,6 +6,7 @@ use candle_nn::{VarBuilder, VarMap};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use llmx::generation::{self, Decoder, Flow, GenerationConfig, RowLimits};
 use llmx::models::t5::{T5Config, T5Session, T5};
+use llmx::models::Quantization;
 
 const NEW_TOKENS: usize = 32;
 
@@ -16,6 +17,7 @@ fn bench_text2text(c: &mut Criterion) {
     let model = T5::load(
         VarBuilder::from_varmap(&weights, DType::F32, &device),
         &config,
+        Quantization::None,
     )
     .expect("t5-small builds");
     let input: Vec<u32> = (100..116).collect();

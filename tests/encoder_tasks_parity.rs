@@ -30,6 +30,7 @@ fn options() -> LoadOptions {
         },
         device: DeviceChoice::Cpu,
         dtype: DTypeChoice::F32,
+        quantization: llmx::models::Quantization::None,
     }
 }
 

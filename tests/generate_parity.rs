@@ -92,6 +92,7 @@ fn load() -> TextGenerator {
         },
         device: DeviceChoice::Cpu,
         dtype: DTypeChoice::F32,
+        quantization: llmx::models::Quantization::None,
     };
     TextGenerator::load(fixture().to_str().unwrap(), &options).unwrap()
 }

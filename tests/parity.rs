@@ -60,6 +60,7 @@ fn load(name: &str) -> Classifier {
         },
         device: DeviceChoice::Cpu,
         dtype: DTypeChoice::F32,
+        quantization: llmx::models::Quantization::None,
     };
     Classifier::load(fixture(name).to_str().unwrap(), &options).unwrap()
 }

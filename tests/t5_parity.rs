@@ -37,6 +37,7 @@ fn load(name: &str) -> Seq2Seq {
         },
         device: DeviceChoice::Cpu,
         dtype: DTypeChoice::F32,
+        quantization: llmx::models::Quantization::None,
     };
     Seq2Seq::load(fixture(name).to_str().unwrap(), &options).unwrap()
 }

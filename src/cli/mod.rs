@@ -121,6 +121,7 @@ fn load_options(model: &ModelArgs, device: &DeviceArgs, reporter: &Reporter) -> 
         hub: hub_options(&model.revision, model.offline, reporter),
         device: device.device,
         dtype: device.dtype,
+        quantization: device.quantize,
     }
 }
 

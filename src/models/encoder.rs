@@ -5,9 +5,10 @@
 //! opposite mask conventions, and its BERT cannot do RoBERTa's position ids.
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
-use super::layers::{self, Activation};
+use super::attention::attention;
+use super::layers::{self, Activation, Linear, Quantization};
 use crate::tokenize::Batch;
 
 /// The shape of an encoder, whatever its config.json calls each field.
@@ -137,22 +138,14 @@ struct SelfAttention {
 
 impl SelfAttention {
     fn forward(&self, hidden: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        let (rows, seq, width) = hidden.dims3()?;
+        let (rows, seq, _) = hidden.dims3()?;
         let qkv = self
             .qkv
             .forward(hidden)?
             .reshape((rows, seq, 3, self.num_heads, self.head_dim))?
             .permute((2, 0, 3, 1, 4))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let query = (qkv.get(0)? * scale)?.contiguous()?;
-        let key = qkv.get(1)?.contiguous()?;
-        let value = qkv.get(2)?.contiguous()?;
-        let scores = query.matmul(&key.t()?)?.broadcast_add(bias)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = probs
-            .matmul(&value)?
-            .transpose(1, 2)?
-            .reshape((rows, seq, width))?;
+        let context = attention(&qkv.get(0)?, &qkv.get(1)?, &qkv.get(2)?, bias, scale)?;
         self.out.forward(&context)
     }
 }
@@ -167,24 +160,32 @@ struct Layer {
 }
 
 impl Layer {
-    fn load(vb: VarBuilder, cfg: &EncoderConfig, names: &WeightNames) -> Result<Self> {
+    fn load(
+        vb: VarBuilder,
+        cfg: &EncoderConfig,
+        names: &WeightNames,
+        quantization: Quantization,
+    ) -> Result<Self> {
         let (hidden, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        let linear =
+            |in_dim, out_dim, name| layers::linear(in_dim, out_dim, vb.pp(name), quantization);
         let qkv = layers::fused_linear(
             hidden,
             &[hidden; 3],
             &[vb.pp(names.query), vb.pp(names.key), vb.pp(names.value)],
+            quantization,
         )?;
         Ok(Layer {
             attention: SelfAttention {
                 qkv,
-                out: layers::linear(hidden, hidden, vb.pp(names.attention_out))?,
+                out: linear(hidden, hidden, names.attention_out)?,
                 num_heads: cfg.num_heads,
                 head_dim: hidden / cfg.num_heads,
             },
             attention_norm: layers::layer_norm(hidden, eps, vb.pp(names.attention_norm))?,
-            ffn_in: layers::linear(hidden, cfg.intermediate_size, vb.pp(names.ffn_in))?,
+            ffn_in: linear(hidden, cfg.intermediate_size, names.ffn_in)?,
             activation: cfg.activation,
-            ffn_out: layers::linear(cfg.intermediate_size, hidden, vb.pp(names.ffn_out))?,
+            ffn_out: linear(cfg.intermediate_size, hidden, names.ffn_out)?,
             ffn_norm: layers::layer_norm(hidden, eps, vb.pp(names.ffn_norm))?,
         })
     }
@@ -205,7 +206,12 @@ pub struct Encoder {
 
 impl Encoder {
     /// Loads from `vb` rooted at the encoder's prefix (e.g. `bert`, `distilbert`).
-    pub fn load(vb: VarBuilder, cfg: &EncoderConfig, names: &WeightNames) -> Result<Self> {
+    pub fn load(
+        vb: VarBuilder,
+        cfg: &EncoderConfig,
+        names: &WeightNames,
+        quantization: Quantization,
+    ) -> Result<Self> {
         if cfg.num_heads == 0 || cfg.hidden_size % cfg.num_heads != 0 {
             candle_core::bail!(
                 "hidden size {} is not divisible by {} attention heads",
@@ -217,7 +223,7 @@ impl Encoder {
         Ok(Encoder {
             embeddings: Embeddings::load(vb.pp(names.embeddings), cfg, names)?,
             layers: (0..cfg.num_layers)
-                .map(|i| Layer::load(layers_vb.pp(i), cfg, names))
+                .map(|i| Layer::load(layers_vb.pp(i), cfg, names, quantization))
                 .collect::<Result<_>>()?,
         })
     }

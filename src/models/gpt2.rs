@@ -7,8 +7,9 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
+use super::attention::attention;
 use super::kv_cache::KvCache;
-use super::layers::{self, Activation};
+use super::layers::{self, Activation, Linear, Quantization};
 
 /// config.json of `model_type` gpt2, with transformers' defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -49,46 +50,30 @@ impl Gpt2Config {
     }
 }
 
-/// GPT-2's Conv1D: `x @ weight + bias` with `weight` stored `[in, out]`.
-struct Conv1d {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Conv1d {
-    fn load(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Conv1d {
-            weight: vb.get((in_dim, out_dim), "weight")?,
-            bias: vb.get(out_dim, "bias")?,
-        })
-    }
-}
-
-impl Module for Conv1d {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let (rows, seq, in_dim) = xs.dims3()?;
-        xs.reshape((rows * seq, in_dim))?
-            .matmul(&self.weight)?
-            .broadcast_add(&self.bias)?
-            .reshape((rows, seq, ()))
-    }
+/// GPT-2's Conv1D: a linear layer with its weight stored `[in, out]`.
+fn conv1d(in_dim: usize, out_dim: usize, vb: VarBuilder, q: Quantization) -> Result<Linear> {
+    Linear::from_in_out(
+        vb.get((in_dim, out_dim), "weight")?,
+        Some(vb.get(out_dim, "bias")?),
+        q,
+    )
 }
 
 struct Block {
     ln_1: LayerNorm,
-    c_attn: Conv1d,
-    attn_proj: Conv1d,
+    c_attn: Linear,
+    attn_proj: Linear,
     ln_2: LayerNorm,
-    c_fc: Conv1d,
+    c_fc: Linear,
     activation: Activation,
-    mlp_proj: Conv1d,
+    mlp_proj: Linear,
     heads: usize,
     head_dim: usize,
     scale: f64,
 }
 
 impl Block {
-    fn load(vb: VarBuilder, cfg: &Gpt2Config, index: usize) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &Gpt2Config, index: usize, q: Quantization) -> Result<Self> {
         let (embd, eps) = (cfg.n_embd, cfg.layer_norm_epsilon);
         let inner = cfg.n_inner.unwrap_or(4 * embd);
         let mut scale = 1.0;
@@ -100,12 +85,12 @@ impl Block {
         }
         Ok(Block {
             ln_1: layers::layer_norm(embd, eps, vb.pp("ln_1"))?,
-            c_attn: Conv1d::load(embd, 3 * embd, vb.pp("attn.c_attn"))?,
-            attn_proj: Conv1d::load(embd, embd, vb.pp("attn.c_proj"))?,
+            c_attn: conv1d(embd, 3 * embd, vb.pp("attn.c_attn"), q)?,
+            attn_proj: conv1d(embd, embd, vb.pp("attn.c_proj"), q)?,
             ln_2: layers::layer_norm(embd, eps, vb.pp("ln_2"))?,
-            c_fc: Conv1d::load(embd, inner, vb.pp("mlp.c_fc"))?,
+            c_fc: conv1d(embd, inner, vb.pp("mlp.c_fc"), q)?,
             activation: cfg.activation_function,
-            mlp_proj: Conv1d::load(inner, embd, vb.pp("mlp.c_proj"))?,
+            mlp_proj: conv1d(inner, embd, vb.pp("mlp.c_proj"), q)?,
             heads: cfg.n_head,
             head_dim: cfg.head_dim(),
             scale,
@@ -119,20 +104,14 @@ impl Block {
         cache: &KvCache,
         layer: usize,
     ) -> Result<Tensor> {
-        let (rows, seq, embd) = xs.dims3()?;
+        let (rows, seq, _) = xs.dims3()?;
         let qkv = self
             .c_attn
             .forward(xs)?
             .reshape((rows, seq, 3, self.heads, self.head_dim))?
             .permute((2, 0, 3, 1, 4))?;
-        let query = (qkv.get(0)? * self.scale)?.contiguous()?;
         let (keys, values) = cache.append(layer, &qkv.get(1)?, &qkv.get(2)?)?;
-        let scores = query.matmul(&keys.t()?)?.broadcast_add(bias)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = probs
-            .matmul(&values)?
-            .transpose(1, 2)?
-            .reshape((rows, seq, embd))?;
+        let context = attention(&qkv.get(0)?, &keys, &values, bias, self.scale)?;
         self.attn_proj.forward(&context)
     }
 
@@ -150,13 +129,13 @@ pub struct Gpt2 {
     wpe: Embedding,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
-    /// `(vocab, embd)`: the tied word embeddings, or a separate `lm_head.weight`.
-    lm_head: Tensor,
+    /// The tied word embeddings, or a separate `lm_head.weight`.
+    lm_head: Linear,
     config: Gpt2Config,
 }
 
 impl Gpt2 {
-    pub fn load(vb: VarBuilder, config: &Gpt2Config) -> Result<Self> {
+    pub fn load(vb: VarBuilder, config: &Gpt2Config, q: Quantization) -> Result<Self> {
         if config.n_head == 0 || config.n_embd % config.n_head != 0 {
             candle_core::bail!(
                 "n_embd {} is not divisible by {} heads",
@@ -176,10 +155,11 @@ impl Gpt2 {
         } else {
             wte.embeddings().clone()
         };
+        let lm_head = Linear::new(lm_head, None, q)?;
         Ok(Gpt2 {
             wpe: candle_nn::embedding(config.n_positions, config.n_embd, body.pp("wpe"))?,
             blocks: (0..config.n_layer)
-                .map(|i| Block::load(body.pp("h").pp(i), config, i))
+                .map(|i| Block::load(body.pp("h").pp(i), config, i, q))
                 .collect::<Result<_>>()?,
             ln_f: layers::layer_norm(config.n_embd, config.layer_norm_epsilon, body.pp("ln_f"))?,
             wte,
@@ -234,11 +214,7 @@ impl Gpt2 {
 
     /// Vocabulary logits for hidden states `(batch, seq, embd)` → `(batch, seq, vocab)`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let (rows, seq, embd) = hidden.dims3()?;
-        hidden
-            .reshape((rows * seq, embd))?
-            .matmul(&self.lm_head.t()?)?
-            .reshape((rows, seq, ()))
+        self.lm_head.forward(hidden)
     }
 }
 

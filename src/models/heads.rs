@@ -1,10 +1,10 @@
 //! Task heads that sit on an encoder's hidden states.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::encoder::Encoder;
-use super::layers::{self, Activation};
+use super::layers::{self, Activation, Linear, Quantization};
 use crate::tokenize::Batch;
 
 /// Where a first-token classification head's weights live.
@@ -23,11 +23,17 @@ struct FirstTokenHead {
 }
 
 impl FirstTokenHead {
-    fn load(vb: VarBuilder, names: &HeadNames, hidden: usize, outputs: usize) -> Result<Self> {
+    fn load(
+        vb: VarBuilder,
+        names: &HeadNames,
+        hidden: usize,
+        outputs: usize,
+        quantization: Quantization,
+    ) -> Result<Self> {
         Ok(FirstTokenHead {
-            dense: layers::linear(hidden, hidden, vb.pp(names.dense))?,
+            dense: layers::linear(hidden, hidden, vb.pp(names.dense), quantization)?,
             activation: names.activation,
-            out: layers::linear(hidden, outputs, vb.pp(names.out))?,
+            out: layers::linear(hidden, outputs, vb.pp(names.out), quantization)?,
         })
     }
 
@@ -51,10 +57,11 @@ impl SequenceClassifier {
         names: &HeadNames,
         hidden: usize,
         num_labels: usize,
+        quantization: Quantization,
     ) -> Result<Self> {
         Ok(SequenceClassifier {
             encoder,
-            head: FirstTokenHead::load(vb, names, hidden, num_labels)?,
+            head: FirstTokenHead::load(vb, names, hidden, num_labels, quantization)?,
         })
     }
 
@@ -77,10 +84,11 @@ impl TokenClassifier {
         vb: VarBuilder,
         hidden: usize,
         outputs: usize,
+        quantization: Quantization,
     ) -> Result<Self> {
         Ok(TokenClassifier {
             encoder,
-            out: layers::linear(hidden, outputs, vb)?,
+            out: layers::linear(hidden, outputs, vb, quantization)?,
         })
     }
 
@@ -116,6 +124,7 @@ impl MaskedLm {
         cfg: &super::EncoderConfig,
         activation: Activation,
         norm_eps: f64,
+        quantization: Quantization,
     ) -> Result<Self> {
         let hidden = cfg.hidden_size;
         let decoder_weight = if vb.contains_tensor(&format!("{}.weight", names.decoder)) {
@@ -127,10 +136,14 @@ impl MaskedLm {
             encoder.word_embeddings().clone()
         };
         Ok(MaskedLm {
-            dense: layers::linear(hidden, hidden, vb.pp(names.dense))?,
+            dense: layers::linear(hidden, hidden, vb.pp(names.dense), quantization)?,
             activation,
             norm: layers::layer_norm(hidden, norm_eps, vb.pp(names.norm))?,
-            decoder: Linear::new(decoder_weight, Some(vb.get(cfg.vocab_size, names.bias)?)),
+            decoder: Linear::new(
+                decoder_weight,
+                Some(vb.get(cfg.vocab_size, names.bias)?),
+                quantization,
+            )?,
             encoder,
         })
     }

@@ -1,7 +1,8 @@
 //! Small building blocks shared by the architectures.
 
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 /// Activation functions by their transformers names (`hidden_act`, `activation`).
@@ -33,23 +34,132 @@ impl Module for Activation {
     }
 }
 
-pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
-    candle_nn::linear(in_dim, out_dim, vb)
+/// How the weights of linear layers are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Quantization {
+    /// As stored in the checkpoint (converted to the run's dtype).
+    #[default]
+    None,
+    /// 8-bit integers in blocks of 32 with one f16 scale each (ggml's Q8_0), made at load
+    /// time; activations are quantized the same way inside each product.
+    Q8,
+}
+
+/// `y = x Wᵀ + b` over the last dimension of `x`, on the kernel that suits the weights.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: LinearWeight,
+    bias: Option<Tensor>,
+}
+
+#[derive(Debug, Clone)]
+enum LinearWeight {
+    /// `(in, out)`, usually a transposed view of the stored `(out, in)` matrix: the GEMM
+    /// reads either layout, so nothing is copied.
+    Dense(Tensor),
+    Quantized(QMatMul),
+}
+
+impl Linear {
+    /// From a weight stored `(out, in)`, as `nn.Linear` stores it.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, quantization: Quantization) -> Result<Self> {
+        let weight = match quantization {
+            Quantization::None => LinearWeight::Dense(weight.t()?),
+            Quantization::Q8 => quantized(&weight)?,
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    /// From a weight stored `(in, out)`, as GPT-2's Conv1D stores it.
+    pub fn from_in_out(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        quantization: Quantization,
+    ) -> Result<Self> {
+        match quantization {
+            Quantization::None => Ok(Linear {
+                weight: LinearWeight::Dense(weight),
+                bias,
+            }),
+            // Q8 blocks run along the input dimension, so rows must be outputs.
+            Quantization::Q8 => Linear::new(weight.t()?.contiguous()?, bias, quantization),
+        }
+    }
+}
+
+/// Q8_0 needs rows that are whole blocks of 32; other shapes stay dense.
+fn quantized(weight: &Tensor) -> Result<LinearWeight> {
+    let (_, in_dim) = weight.dims2()?;
+    if in_dim % GgmlDType::Q8_0.block_size() != 0 {
+        return Ok(LinearWeight::Dense(weight.t()?));
+    }
+    let weight = weight.to_dtype(DType::F32)?;
+    let quantized = QTensor::quantize(&weight, GgmlDType::Q8_0)?;
+    Ok(LinearWeight::Quantized(QMatMul::from_qtensor(quantized)?))
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        // One GEMM over every row, whatever the leading dimensions.
+        let mut out_dims = xs.dims().to_vec();
+        let in_dim = out_dims.pop().unwrap_or(1);
+        let rows = xs.reshape(((), in_dim))?;
+        let ys = match &self.weight {
+            LinearWeight::Dense(weight) => rows.matmul(weight)?,
+            LinearWeight::Quantized(weight) => weight.forward(&rows)?,
+        };
+        let ys = match &self.bias {
+            Some(bias) => ys.broadcast_add(bias)?,
+            None => ys,
+        };
+        out_dims.push(ys.dim(1)?);
+        ys.reshape(out_dims)
+    }
+}
+
+/// A linear layer stored as `weight` `(out, in)` and `bias`.
+pub fn linear(
+    in_dim: usize,
+    out_dim: usize,
+    vb: VarBuilder,
+    quantization: Quantization,
+) -> Result<Linear> {
+    Linear::new(
+        vb.get((out_dim, in_dim), "weight")?,
+        Some(vb.get(out_dim, "bias")?),
+        quantization,
+    )
+}
+
+/// A linear layer with no bias (T5).
+pub fn linear_no_bias(
+    in_dim: usize,
+    out_dim: usize,
+    vb: VarBuilder,
+    quantization: Quantization,
+) -> Result<Linear> {
+    Linear::new(vb.get((out_dim, in_dim), "weight")?, None, quantization)
 }
 
 /// Several projections of the same input fused into one matrix, so that one GEMM
 /// replaces several (query, key and value).
-pub fn fused_linear(in_dim: usize, out_dims: &[usize], vbs: &[VarBuilder]) -> Result<Linear> {
+pub fn fused_linear(
+    in_dim: usize,
+    out_dims: &[usize],
+    vbs: &[VarBuilder],
+    quantization: Quantization,
+) -> Result<Linear> {
     let mut weights = Vec::with_capacity(vbs.len());
     let mut biases = Vec::with_capacity(vbs.len());
     for (&out_dim, vb) in out_dims.iter().zip(vbs) {
         weights.push(vb.get((out_dim, in_dim), "weight")?);
         biases.push(vb.get(out_dim, "bias")?);
     }
-    Ok(Linear::new(
+    Linear::new(
         Tensor::cat(&weights, 0)?,
         Some(Tensor::cat(&biases, 0)?),
-    ))
+        quantization,
+    )
 }
 
 /// A LayerNorm stored as `weight`/`bias`, or as `gamma`/`beta` in older BERT checkpoints

@@ -3,6 +3,7 @@
 //! The registry is consulted before any weights are read, so a checkpoint that cannot do the
 //! requested task is rejected with a pointer to the command that can.
 
+mod attention;
 mod bert;
 mod distilbert;
 mod encoder;
@@ -21,6 +22,7 @@ use serde::de::DeserializeOwned;
 
 pub use encoder::{Encoder, EncoderConfig, Positions};
 pub use heads::{MaskedLm, SequenceClassifier, TokenClassifier};
+pub use layers::Quantization;
 
 use crate::error::{Error, Result};
 
@@ -260,6 +262,7 @@ pub fn load_encoder(
     config: &ModelConfig,
     encoder_config: &EncoderConfig,
     vb: VarBuilder,
+    quantization: Quantization,
 ) -> Result<Encoder> {
     let (prefix, weights) = match config.family {
         Family::Bert => ("bert", &bert::WEIGHTS),
@@ -275,7 +278,7 @@ pub fn load_encoder(
     } else {
         vb
     };
-    encoder::Encoder::load(vb, encoder_config, weights).map_err(Error::WeightLayout)
+    encoder::Encoder::load(vb, encoder_config, weights, quantization).map_err(Error::WeightLayout)
 }
 
 /// An encoder with a masked-LM head (`*ForMaskedLM`).
@@ -283,6 +286,7 @@ pub fn load_masked_lm(
     config: &ModelConfig,
     encoder_config: &EncoderConfig,
     vb: VarBuilder,
+    quantization: Quantization,
 ) -> Result<MaskedLm> {
     let (names, activation) = match config.family {
         Family::Bert => (&bert::BERT_MLM, encoder_config.activation),
@@ -291,7 +295,7 @@ pub fn load_masked_lm(
         Family::DistilBert => (&distilbert::MLM, encoder_config.activation),
         Family::Gpt2 | Family::T5 => return Err(Error::config(&config.path, "no masked-LM head")),
     };
-    let encoder = load_encoder(config, encoder_config, vb.clone())?;
+    let encoder = load_encoder(config, encoder_config, vb.clone(), quantization)?;
     MaskedLm::new(
         encoder,
         vb,
@@ -299,6 +303,7 @@ pub fn load_masked_lm(
         encoder_config,
         activation,
         encoder_config.layer_norm_eps,
+        quantization,
     )
     .map_err(Error::WeightLayout)
 }
@@ -311,10 +316,17 @@ pub fn load_token_head(
     vb: VarBuilder,
     head: &str,
     outputs: usize,
+    quantization: Quantization,
 ) -> Result<TokenClassifier> {
-    let encoder = load_encoder(config, encoder_config, vb.clone())?;
-    TokenClassifier::new(encoder, vb.pp(head), encoder_config.hidden_size, outputs)
-        .map_err(Error::WeightLayout)
+    let encoder = load_encoder(config, encoder_config, vb.clone(), quantization)?;
+    TokenClassifier::new(
+        encoder,
+        vb.pp(head),
+        encoder_config.hidden_size,
+        outputs,
+        quantization,
+    )
+    .map_err(Error::WeightLayout)
 }
 
 /// Builds a sequence classifier for a registered `*ForSequenceClassification` checkpoint.
@@ -323,6 +335,7 @@ pub fn load_sequence_classifier(
     encoder_config: &EncoderConfig,
     num_labels: usize,
     vb: VarBuilder,
+    quantization: Quantization,
 ) -> Result<SequenceClassifier> {
     let (prefix, weights, head) = match config.family {
         Family::Bert => ("bert", &bert::WEIGHTS, &bert::BERT_CLASSIFIER),
@@ -336,13 +349,14 @@ pub fn load_sequence_classifier(
         }
     };
     let build = || {
-        let encoder = encoder::Encoder::load(vb.pp(prefix), encoder_config, weights)?;
+        let encoder = encoder::Encoder::load(vb.pp(prefix), encoder_config, weights, quantization)?;
         SequenceClassifier::new(
             encoder,
             vb.clone(),
             head,
             encoder_config.hidden_size,
             num_labels,
+            quantization,
         )
     };
     build().map_err(Error::WeightLayout)

@@ -6,11 +6,12 @@
 //! neither padded batches nor beam search would work.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
+use super::attention::attention;
 use super::kv_cache::KvCache;
-use super::layers::{self, Activation};
+use super::layers::{self, Activation, Linear, Quantization};
 
 /// config.json of `model_type` t5, with transformers' defaults for what it omits.
 #[derive(Debug, Clone, Deserialize)]
@@ -165,13 +166,16 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(vb: VarBuilder, cfg: &T5Config) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &T5Config, quantization: Quantization) -> Result<Self> {
         let inner = cfg.num_heads * cfg.d_kv;
+        let linear = |in_dim, out_dim, name| {
+            layers::linear_no_bias(in_dim, out_dim, vb.pp(name), quantization)
+        };
         Ok(Attention {
-            q: candle_nn::linear_no_bias(cfg.d_model, inner, vb.pp("q"))?,
-            k: candle_nn::linear_no_bias(cfg.d_model, inner, vb.pp("k"))?,
-            v: candle_nn::linear_no_bias(cfg.d_model, inner, vb.pp("v"))?,
-            o: candle_nn::linear_no_bias(inner, cfg.d_model, vb.pp("o"))?,
+            q: linear(cfg.d_model, inner, "q")?,
+            k: linear(cfg.d_model, inner, "k")?,
+            v: linear(cfg.d_model, inner, "v")?,
+            o: linear(inner, cfg.d_model, "o")?,
             heads: cfg.num_heads,
             d_kv: cfg.d_kv,
         })
@@ -196,16 +200,12 @@ impl Attention {
     /// the scores.
     fn attend(&self, xs: &Tensor, keys: &Tensor, values: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let (rows, seq, _) = xs.dims3()?;
-        let query = self.split(&self.q.forward(xs)?)?;
-        let scores = query.matmul(&keys.t()?)?.broadcast_add(bias)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
-            .to_dtype(xs.dtype())?;
-        let context =
-            probs
-                .matmul(values)?
-                .transpose(1, 2)?
-                .reshape((rows, seq, self.heads * self.d_kv))?;
-        self.o.forward(&context)
+        let query = self
+            .q
+            .forward(xs)?
+            .reshape((rows, seq, self.heads, self.d_kv))?
+            .transpose(1, 2)?;
+        self.o.forward(&attention(&query, keys, values, bias, 1.0)?)
     }
 }
 
@@ -246,28 +246,24 @@ struct FeedForward {
 }
 
 impl FeedForward {
-    fn load(vb: VarBuilder, cfg: &T5Config) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &T5Config, quantization: Quantization) -> Result<Self> {
         let (activation, gated) = cfg.feed_forward().map_err(candle_core::Error::msg)?;
         let dense = vb.pp("DenseReluDense");
+        let linear = |in_dim, out_dim, name| {
+            layers::linear_no_bias(in_dim, out_dim, dense.pp(name), quantization)
+        };
         let (wi, wi_gate) = if gated {
             (
-                candle_nn::linear_no_bias(cfg.d_model, cfg.d_ff, dense.pp("wi_0"))?,
-                Some(candle_nn::linear_no_bias(
-                    cfg.d_model,
-                    cfg.d_ff,
-                    dense.pp("wi_1"),
-                )?),
+                linear(cfg.d_model, cfg.d_ff, "wi_0")?,
+                Some(linear(cfg.d_model, cfg.d_ff, "wi_1")?),
             )
         } else {
-            (
-                candle_nn::linear_no_bias(cfg.d_model, cfg.d_ff, dense.pp("wi"))?,
-                None,
-            )
+            (linear(cfg.d_model, cfg.d_ff, "wi")?, None)
         };
         Ok(FeedForward {
             wi,
             wi_gate,
-            wo: candle_nn::linear_no_bias(cfg.d_ff, cfg.d_model, dense.pp("wo"))?,
+            wo: linear(cfg.d_ff, cfg.d_model, "wo")?,
             activation,
             norm: RmsNorm::load(vb.pp("layer_norm"), cfg)?,
         })
@@ -306,15 +302,15 @@ pub struct T5 {
     decoder: Vec<DecoderBlock>,
     decoder_bias: PositionBias,
     decoder_norm: RmsNorm,
-    /// `(vocab, d_model)`: the shared embeddings when tied, else `lm_head.weight`.
-    lm_head: Tensor,
+    /// The shared embeddings when tied, else `lm_head.weight`.
+    lm_head: Linear,
     /// v1.0's tied head sees the decoder output scaled by d_model^-0.5.
     head_scale: f64,
     config: T5Config,
 }
 
 impl T5 {
-    pub fn load(vb: VarBuilder, cfg: &T5Config) -> Result<Self> {
+    pub fn load(vb: VarBuilder, cfg: &T5Config, quantization: Quantization) -> Result<Self> {
         cfg.feed_forward().map_err(candle_core::Error::msg)?;
         let shared = candle_nn::embedding(cfg.vocab_size, cfg.d_model, vb.pp("shared"))?;
         let bias = |stack: &str, direction| -> Result<PositionBias> {
@@ -334,9 +330,9 @@ impl T5 {
             .map(|i| {
                 let block = vb.pp("encoder.block").pp(i).pp("layer");
                 Ok(EncoderBlock {
-                    attention: Attention::load(block.pp("0.SelfAttention"), cfg)?,
+                    attention: Attention::load(block.pp("0.SelfAttention"), cfg, quantization)?,
                     attention_norm: RmsNorm::load(block.pp("0.layer_norm"), cfg)?,
-                    feed_forward: FeedForward::load(block.pp("1"), cfg)?,
+                    feed_forward: FeedForward::load(block.pp("1"), cfg, quantization)?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -344,11 +340,19 @@ impl T5 {
             .map(|i| {
                 let block = vb.pp("decoder.block").pp(i).pp("layer");
                 Ok(DecoderBlock {
-                    self_attention: Attention::load(block.pp("0.SelfAttention"), cfg)?,
+                    self_attention: Attention::load(
+                        block.pp("0.SelfAttention"),
+                        cfg,
+                        quantization,
+                    )?,
                     self_norm: RmsNorm::load(block.pp("0.layer_norm"), cfg)?,
-                    cross_attention: Attention::load(block.pp("1.EncDecAttention"), cfg)?,
+                    cross_attention: Attention::load(
+                        block.pp("1.EncDecAttention"),
+                        cfg,
+                        quantization,
+                    )?,
                     cross_norm: RmsNorm::load(block.pp("1.layer_norm"), cfg)?,
-                    feed_forward: FeedForward::load(block.pp("2"), cfg)?,
+                    feed_forward: FeedForward::load(block.pp("2"), cfg, quantization)?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -360,6 +364,7 @@ impl T5 {
                 1.0,
             )
         };
+        let lm_head = Linear::new(lm_head, None, quantization)?;
         Ok(T5 {
             encoder_bias: bias("encoder", Direction::Both)?,
             encoder_norm: RmsNorm::load(vb.pp("encoder.final_layer_norm"), cfg)?,
@@ -452,10 +457,7 @@ impl T5 {
 
     /// Vocabulary logits `(rows, seq, vocab)` for decoder hidden states.
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let (rows, seq, d_model) = hidden.dims3()?;
-        (hidden.reshape((rows * seq, d_model))? * self.head_scale)?
-            .matmul(&self.lm_head.t()?)?
-            .reshape((rows, seq, ()))
+        self.lm_head.forward(&(hidden * self.head_scale)?)
     }
 }
 

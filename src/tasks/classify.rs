@@ -87,7 +87,13 @@ impl Classifier {
         let text = super::encoder_text(&repo, &encoder_config, None)?;
         let (device, dtype) = options.placement(Precision::HalfSafe)?;
         let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
-        let model = models::load_sequence_classifier(&config, &encoder_config, labels.len(), vb)?;
+        let model = models::load_sequence_classifier(
+            &config,
+            &encoder_config,
+            labels.len(),
+            vb,
+            options.quantization,
+        )?;
         Ok(Classifier {
             model,
             text,

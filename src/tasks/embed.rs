@@ -160,7 +160,7 @@ impl Embedder {
         let text = super::encoder_text(&repo, &encoder_config, max_seq_length)?;
         let (device, dtype) = options.placement(Precision::HalfSafe)?;
         let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
-        let encoder = models::load_encoder(&config, &encoder_config, vb)?;
+        let encoder = models::load_encoder(&config, &encoder_config, vb, options.quantization)?;
         Ok(Embedder {
             encoder,
             text,

@@ -56,7 +56,7 @@ impl MaskFiller {
         };
         let (device, dtype) = options.placement(Precision::HalfSafe)?;
         let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
-        let model = models::load_masked_lm(&config, &encoder_config, vb)?;
+        let model = models::load_masked_lm(&config, &encoder_config, vb, options.quantization)?;
         Ok(MaskFiller {
             model,
             text,

@@ -64,7 +64,7 @@ impl TextGenerator {
         let text = TextEncoder::load(&repo.required(hub::TOKENIZER)?, window, pad_id, Side::Left)?;
         let (device, dtype) = options.placement(Precision::HalfSafe)?;
         let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
-        let model = Gpt2::load(vb, &gpt2).map_err(Error::WeightLayout)?;
+        let model = Gpt2::load(vb, &gpt2, options.quantization).map_err(Error::WeightLayout)?;
         Ok(TextGenerator {
             model,
             text,

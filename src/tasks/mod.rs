@@ -17,7 +17,7 @@ use serde::Deserialize;
 use crate::device::{self, DTypeChoice, DeviceChoice, Precision};
 use crate::error::{Error, Result};
 use crate::hub::HubOptions;
-use crate::models::ModelConfig;
+use crate::models::{ModelConfig, Quantization};
 use crate::tokenize::{Batching, Encoding, Side, TextEncoder};
 
 /// The config.json fields of a classification head: labels and problem type.
@@ -57,6 +57,7 @@ pub struct LoadOptions {
     pub hub: HubOptions,
     pub device: DeviceChoice,
     pub dtype: DTypeChoice,
+    pub quantization: Quantization,
 }
 
 impl Default for LoadOptions {
@@ -65,6 +66,7 @@ impl Default for LoadOptions {
             hub: HubOptions::from_env(),
             device: DeviceChoice::default(),
             dtype: DTypeChoice::default(),
+            quantization: Quantization::default(),
         }
     }
 }
@@ -72,7 +74,16 @@ impl Default for LoadOptions {
 impl LoadOptions {
     fn placement(&self, precision: Precision) -> Result<(Device, DType)> {
         let device = device::select_device(self.device)?;
-        let dtype = device::select_dtype(self.dtype, &device, precision);
+        let dtype = match (self.quantization, self.dtype) {
+            (Quantization::None, choice) => device::select_dtype(choice, &device, precision),
+            // The int8 kernels take and give f32.
+            (Quantization::Q8, DTypeChoice::Auto | DTypeChoice::F32) => DType::F32,
+            (Quantization::Q8, _) => {
+                return Err(Error::Device(
+                    "--quantize q8 computes in f32; drop --dtype or pass --dtype f32".into(),
+                ))
+            }
+        };
         Ok((device, dtype))
     }
 }

@@ -94,8 +94,14 @@ impl TokenTagger {
             .and_then(|unk| text.tokenizer().token_to_id(&unk));
         let (device, dtype) = options.placement(Precision::HalfSafe)?;
         let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
-        let model =
-            models::load_token_head(&config, &encoder_config, vb, "classifier", labels.len())?;
+        let model = models::load_token_head(
+            &config,
+            &encoder_config,
+            vb,
+            "classifier",
+            labels.len(),
+            options.quantization,
+        )?;
         Ok(TokenTagger {
             model,
             text,

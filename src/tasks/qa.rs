@@ -90,7 +90,14 @@ impl QuestionAnswerer {
             super::special_token(&repo, "cls_token")?.and_then(|cls| tokenizer.token_to_id(&cls));
         let (device, dtype) = options.placement(Precision::HalfSafe)?;
         let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
-        let model = models::load_token_head(&config, &encoder_config, vb, "qa_outputs", 2)?;
+        let model = models::load_token_head(
+            &config,
+            &encoder_config,
+            vb,
+            "qa_outputs",
+            2,
+            options.quantization,
+        )?;
         Ok(QuestionAnswerer {
             model,
             tokenizer,

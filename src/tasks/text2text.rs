@@ -72,7 +72,7 @@ impl Seq2Seq {
         // T5 overflows in f16: `auto` never picks it.
         let (device, dtype) = options.placement(Precision::NoF16)?;
         let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
-        let model = T5::load(vb, &t5).map_err(Error::WeightLayout)?;
+        let model = T5::load(vb, &t5, options.quantization).map_err(Error::WeightLayout)?;
         Ok(Seq2Seq {
             model,
             text,
