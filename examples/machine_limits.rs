@@ -18,6 +18,16 @@ fn best_seconds(runs: usize, mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+fn lane_sum(values: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    for chunk in values.chunks_exact(16) {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane += v;
+        }
+    }
+    lanes.iter().sum()
+}
+
 fn main() -> candle_core::Result<()> {
     let device = Device::Cpu;
     println!("threads: {}", candle_core::utils::get_num_threads());
@@ -44,16 +54,16 @@ fn main() -> candle_core::Result<()> {
         println!("gemm {m:>5} x {k:>4} x {n:>4}: {gflops:6.1} GFLOP/s  (weights streamed at {gbs:5.1} GB/s)");
     }
 
-    // Memory bandwidth: sum a buffer far larger than any cache, on every core.
-    let len = 512 << 20; // 2 GiB of f32
-    let big = vec![1f32; len / 4 * 4 / 4];
+    // Memory bandwidth: sum a buffer far larger than any cache, on every core, in 16
+    // independent lanes so the loop is load-bound rather than add-latency-bound.
+    let big = vec![1f32; 512 << 20]; // 2 GiB
     let threads = candle_core::utils::get_num_threads();
     let seconds = best_seconds(5, || {
         let chunk = big.len().div_ceil(threads);
         let total: f32 = std::thread::scope(|s| {
             let handles: Vec<_> = big
                 .chunks(chunk)
-                .map(|part| s.spawn(move || part.iter().sum::<f32>()))
+                .map(|part| s.spawn(move || lane_sum(part)))
                 .collect();
             handles.into_iter().map(|h| h.join().expect("sum")).sum()
         });
