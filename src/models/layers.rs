@@ -1,9 +1,11 @@
 //! Small building blocks shared by the architectures.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Storage, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
+
+use super::fast_math;
 
 /// Activation functions by their transformers names (`hidden_act`, `activation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -24,6 +26,14 @@ pub enum Activation {
 
 impl Module for Activation {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let fast = match self {
+            Activation::Gelu => fast_math::map_f32(xs, fast_math::gelu_erf)?,
+            Activation::GeluTanh => fast_math::map_f32(xs, fast_math::gelu_tanh)?,
+            _ => None,
+        };
+        if let Some(ys) = fast {
+            return Ok(ys);
+        }
         match self {
             Activation::Gelu => xs.gelu_erf(),
             Activation::GeluTanh => xs.gelu(),
@@ -54,36 +64,33 @@ pub struct Linear {
 
 #[derive(Debug, Clone)]
 enum LinearWeight {
-    /// `(in, out)`, usually a transposed view of the stored `(out, in)` matrix: the GEMM
-    /// reads either layout, so nothing is copied.
+    /// `(out, in)`, contiguous.
     Dense(Tensor),
     Quantized(QMatMul),
 }
+
+/// Up to this many rows, products skip the GEMM's repacking of the weights
+/// (`fast_math::skinny_matmul`).
+const SKINNY_MAX_ROWS: usize = 16;
 
 impl Linear {
     /// From a weight stored `(out, in)`, as `nn.Linear` stores it.
     pub fn new(weight: Tensor, bias: Option<Tensor>, quantization: Quantization) -> Result<Self> {
         let weight = match quantization {
-            Quantization::None => LinearWeight::Dense(weight.t()?),
+            Quantization::None => LinearWeight::Dense(weight.contiguous()?),
             Quantization::Q8 => quantized(&weight)?,
         };
         Ok(Linear { weight, bias })
     }
 
-    /// From a weight stored `(in, out)`, as GPT-2's Conv1D stores it.
+    /// From a weight stored `(in, out)`, as GPT-2's Conv1D stores it; transposed once at
+    /// load, so that every kernel reads one output's weights contiguously.
     pub fn from_in_out(
         weight: Tensor,
         bias: Option<Tensor>,
         quantization: Quantization,
     ) -> Result<Self> {
-        match quantization {
-            Quantization::None => Ok(Linear {
-                weight: LinearWeight::Dense(weight),
-                bias,
-            }),
-            // Q8 blocks run along the input dimension, so rows must be outputs.
-            Quantization::Q8 => Linear::new(weight.t()?.contiguous()?, bias, quantization),
-        }
+        Linear::new(weight.t()?.contiguous()?, bias, quantization)
     }
 }
 
@@ -91,7 +98,7 @@ impl Linear {
 fn quantized(weight: &Tensor) -> Result<LinearWeight> {
     let (_, in_dim) = weight.dims2()?;
     if in_dim % GgmlDType::Q8_0.block_size() != 0 {
-        return Ok(LinearWeight::Dense(weight.t()?));
+        return Ok(LinearWeight::Dense(weight.contiguous()?));
     }
     let weight = weight.to_dtype(DType::F32)?;
     let quantized = QTensor::quantize(&weight, GgmlDType::Q8_0)?;
@@ -105,7 +112,7 @@ impl Module for Linear {
         let in_dim = out_dims.pop().unwrap_or(1);
         let rows = xs.reshape(((), in_dim))?;
         let ys = match &self.weight {
-            LinearWeight::Dense(weight) => rows.matmul(weight)?,
+            LinearWeight::Dense(weight) => dense_product(&rows, weight)?,
             LinearWeight::Quantized(weight) => weight.forward(&rows)?,
         };
         let ys = match &self.bias {
@@ -115,6 +122,34 @@ impl Module for Linear {
         out_dims.push(ys.dim(1)?);
         ys.reshape(out_dims)
     }
+}
+
+/// `rows` `(n, in)` times `weight` `(out, in)` transposed.
+fn dense_product(rows: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let n = rows.dim(0)?;
+    let skinny = n <= SKINNY_MAX_ROWS
+        && rows.device().is_cpu()
+        && rows.dtype() == DType::F32
+        && weight.dtype() == DType::F32;
+    if !skinny {
+        return rows.matmul(&weight.t()?);
+    }
+    let rows = rows.contiguous()?;
+    let out_dim = weight.dim(0)?;
+    let product = {
+        let (x, x_layout) = rows.storage_and_layout();
+        let (w, w_layout) = weight.storage_and_layout();
+        let (Storage::Cpu(x), Storage::Cpu(w)) = (&*x, &*w) else {
+            candle_core::bail!("skinny products run on the CPU only")
+        };
+        fast_math::skinny_matmul(
+            &x.as_slice::<f32>()?[x_layout.start_offset()..][..rows.elem_count()],
+            n,
+            &w.as_slice::<f32>()?[w_layout.start_offset()..][..weight.elem_count()],
+            out_dim,
+        )
+    };
+    Tensor::from_vec(product, (n, out_dim), rows.device())
 }
 
 /// A linear layer stored as `weight` `(out, in)` and `bias`.

@@ -7,6 +7,7 @@ mod attention;
 mod bert;
 mod distilbert;
 mod encoder;
+mod fast_math;
 pub mod gpt2;
 mod heads;
 pub mod kv_cache;
