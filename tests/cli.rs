@@ -504,6 +504,51 @@ fn usage_errors_exit_2() {
     );
 }
 
+/// `--quantize q8` belongs to the generation commands; it computes in f32.
+#[test]
+fn quantize_q8_generates_and_is_refused_where_it_does_not_apply() {
+    let cache = tempfile::tempdir().unwrap();
+    let generated = run(llmx(cache.path())
+        .args(["generate", "--json", "--greedy", "--quantize", "q8"])
+        .args(["--max-new-tokens", "5", "--min-new-tokens", "5", "--model"])
+        .arg(fixture("gpt2-tiny"))
+        .arg(PROMPT));
+    assert_eq!(generated.status.code(), Some(0), "{}", stderr(&generated));
+    let record = &json_lines(&generated)[0];
+    assert_eq!(record["token_ids"].as_array().unwrap().len(), 5);
+
+    let translated = run(llmx(cache.path())
+        .args([
+            "text2text",
+            "--json",
+            "--quantize",
+            "q8",
+            "--max-new-tokens",
+            "4",
+            "--model",
+        ])
+        .arg(fixture("t5-v1_1"))
+        .arg("hello world"));
+    assert_eq!(translated.status.code(), Some(0), "{}", stderr(&translated));
+
+    let encoder = run(llmx(cache.path())
+        .args(["classify", "--quantize", "q8", "--model"])
+        .arg(fixture("bert-cls3"))
+        .arg("hi"));
+    assert_eq!(encoder.status.code(), Some(2), "{}", stderr(&encoder));
+
+    let half = run(llmx(cache.path())
+        .args(["generate", "--quantize", "q8", "--dtype", "f16", "--model"])
+        .arg(fixture("gpt2-tiny"))
+        .arg(PROMPT));
+    assert_eq!(half.status.code(), Some(2), "{}", stderr(&half));
+    assert!(
+        stderr(&half).contains("--quantize q8 computes in f32"),
+        "{}",
+        stderr(&half)
+    );
+}
+
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn a_device_this_build_lacks_names_the_feature() {
