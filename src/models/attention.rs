@@ -27,16 +27,49 @@ pub fn attention(
     bias: &Tensor,
     scale: f64,
 ) -> Result<Tensor> {
-    let fused = query.dim(2)? <= FUSED_MAX_QUERIES
-        && matches!(query.device(), Device::Cpu)
+    let cpu_f32 = matches!(query.device(), Device::Cpu)
         && [query, keys, values, bias]
             .iter()
             .all(|t| t.dtype() == DType::F32);
-    if fused {
-        fused_cpu(query, keys, values, bias, scale as f32)
-    } else {
-        with_candle_ops(query, keys, values, bias, scale)
+    if !cpu_f32 {
+        return with_candle_ops(query, keys, values, bias, scale);
     }
+    if query.dim(2)? <= FUSED_MAX_QUERIES {
+        return fused_cpu(query, keys, values, bias, scale as f32);
+    }
+    // Per-head GEMMs around one pass that scales, adds the bias and takes the softmax.
+    let (batch, heads, q_len, head_dim) = query.dims4()?;
+    let scores = query.contiguous()?.matmul(&keys.contiguous()?.t()?)?;
+    let probs = biased_softmax_cpu(&scores, bias, scale as f32)?;
+    probs
+        .matmul(&values.contiguous()?)?
+        .transpose(1, 2)?
+        .reshape((batch, q_len, heads * head_dim))
+}
+
+/// `softmax(scale · scores + bias)` over the last dimension of contiguous CPU f32
+/// `scores` `(batch, heads, q_len, k_len)`, in one vectorized pass.
+fn biased_softmax_cpu(scores: &Tensor, bias: &Tensor, scale: f32) -> Result<Tensor> {
+    let (batch, heads, q_len, k_len) = scores.dims4()?;
+    let bias = bias.broadcast_as((batch, heads, q_len, k_len))?;
+    let (s_storage, s_layout) = scores.storage_and_layout();
+    let (b_storage, b_layout) = bias.storage_and_layout();
+    let (s, bias) = (view(&s_storage, s_layout)?, view(&b_storage, b_layout)?);
+    let mut probs = vec![0f32; batch * heads * q_len * k_len];
+    probs
+        .par_chunks_mut(k_len)
+        .enumerate()
+        .for_each(|(row, probs)| {
+            let (b, h, i) = (row / (heads * q_len), row / q_len % heads, row % q_len);
+            let scores = &s.data[s.at(b, h, i)..][..k_len];
+            let bias_row = &bias.data[bias.at(b, h, i)..];
+            fast_math::with_simd(
+                #[inline(always)]
+                || fast_math::biased_softmax(scores, scale, bias_row, bias.strides[3], probs),
+            )
+        });
+    drop((s_storage, b_storage));
+    Tensor::from_vec(probs, (batch, heads, q_len, k_len), scores.device())
 }
 
 fn with_candle_ops(
@@ -114,31 +147,25 @@ fn fused_cpu(
     let mut out = vec![0f32; batch * q_len * width];
     // One task per (batch row, query position): it writes one contiguous output row.
     out.par_chunks_mut(width).enumerate().for_each_init(
-        || vec![0f32; k_len],
-        |scores, (row, out_row)| {
+        || (vec![0f32; k_len], vec![0f32; k_len]),
+        |(raw, probs), (row, out_row)| {
             fast_math::with_simd(
                 #[inline(always)]
                 || {
                     let (b, i) = (row / q_len, row % q_len);
                     for h in 0..heads {
                         let q_row = &q.data[q.at(b, h, i)..][..head_dim];
-                        let bias_row = bias.at(b, h, i);
-                        let mut max = f32::NEG_INFINITY;
-                        for (j, score) in scores.iter_mut().enumerate() {
+                        for (j, score) in raw.iter_mut().enumerate() {
                             let k_row = &k.data[k.at(b, h, j)..][..head_dim];
-                            *score = fast_math::dot(q_row, k_row) * scale
-                                + bias.data[bias_row + j * bias.strides[3]];
-                            max = max.max(*score);
+                            *score = fast_math::dot(q_row, k_row);
                         }
-                        for score in scores.iter_mut() {
-                            *score = fast_math::exp(*score - max);
-                        }
-                        let sum: f32 = scores.iter().sum();
+                        let bias_row = &bias.data[bias.at(b, h, i)..];
+                        fast_math::biased_softmax(raw, scale, bias_row, bias.strides[3], probs);
                         let out_head = &mut out_row[h * head_dim..][..head_dim];
                         out_head.fill(0.0);
-                        for (j, &p) in scores.iter().enumerate() {
+                        for (j, &p) in probs.iter().enumerate() {
                             let v_row = &v.data[v.at(b, h, j)..][..head_dim];
-                            axpy(p / sum, v_row, out_head);
+                            axpy(p, v_row, out_head);
                         }
                     }
                 },

@@ -8,15 +8,17 @@
 use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
-/// e^x by range reduction to [-ln2/2, ln2/2] and a degree-6 polynomial; inputs are clamped
-/// to [-87.3, 88] (about 1e-38 and 1.6e38).
+/// e^x by range reduction to [-ln2/2, ln2/2] and a degree-6 polynomial. Below -87 it is 0
+/// (never a subnormal: those make the products that consume softmax outputs crawl), and
+/// above 88 it saturates at about 1.6e38.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split in two so that n·ln2 is subtracted without rounding error.
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
-    let x = x.clamp(-87.3, 88.0);
+    let underflow = x < -87.0;
+    let x = x.clamp(-87.0, 88.0);
     // Round to nearest by adding 1.5·2^23: a plain add, where `round()` is a libm call.
     // The sum's low mantissa bits then hold n as an integer.
     const ROUNDER: f32 = 12_582_912.0;
@@ -31,7 +33,11 @@ pub fn exp(x: f32) -> f32 {
     // 2^n through the exponent bits, in integer lanes (n is within [-126, 127]).
     let n_bits = shifted.to_bits().wrapping_sub(ROUNDER.to_bits());
     let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
-    p * scale
+    if underflow {
+        0.0
+    } else {
+        p * scale
+    }
 }
 
 /// erf(x), Abramowitz & Stegun 7.1.26 refined: `1 - t·exp(-x² + poly(t))` with
@@ -133,6 +139,66 @@ pub fn with_simd<R>(f: impl FnOnce() -> R) -> R {
         }
     }
     f()
+}
+
+/// The largest element (NEG_INFINITY for none), in 16 independent lanes.
+#[inline(always)]
+pub fn max(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = values.chunks_exact(16);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = if v > *lane { v } else { *lane };
+        }
+    }
+    lanes.iter().fold(tail, |m, &v| m.max(v))
+}
+
+/// The sum, in 16 independent lanes (a single running sum is one long dependency chain).
+#[inline(always)]
+pub fn sum(values: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let chunks = values.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// `softmax(scale · scores + bias)` of one row into `out`, where `bias` is read at
+/// `bias_stride` apart (1 unless broadcast along the keys).
+#[inline(always)]
+pub fn biased_softmax(
+    scores: &[f32],
+    scale: f32,
+    bias: &[f32],
+    bias_stride: usize,
+    out: &mut [f32],
+) {
+    if bias_stride == 1 {
+        for ((p, &s), &b) in out.iter_mut().zip(scores).zip(bias) {
+            *p = s * scale + b;
+        }
+    } else {
+        for (j, (p, &s)) in out.iter_mut().zip(scores).enumerate() {
+            *p = s * scale + bias[j * bias_stride];
+        }
+    }
+    let max = max(out);
+    for p in out.iter_mut() {
+        *p = exp(*p - max);
+    }
+    let inverse = 1.0 / sum(out);
+    for p in out.iter_mut() {
+        *p *= inverse;
+    }
 }
 
 /// A dot product in 16 independent lanes, so it stays in vector registers.
@@ -261,7 +327,7 @@ mod tests {
 
     #[test]
     fn exp_is_within_3e7_relative() {
-        for x in (-8_700..=8_800).map(|i| i as f32 * 1e-2) {
+        for x in (-8_690..=8_800).map(|i| i as f32 * 1e-2) {
             let want = f64::from(x).exp();
             let got = f64::from(exp(x));
             assert!(
@@ -269,8 +335,9 @@ mod tests {
                 "exp({x}) = {got}, want {want}"
             );
         }
-        assert_eq!(exp(-1000.0), exp(-87.3));
-        assert!(exp(-1000.0) < 1e-37);
+        assert_eq!(exp(-1000.0), 0.0);
+        assert_eq!(exp(-87.5), 0.0);
+        assert!(exp(-86.9).is_normal());
         assert!(exp(1000.0).is_finite() && exp(1000.0) > 1e38);
     }
 
