@@ -137,8 +137,11 @@ fn check_fixture(name: &str) {
                 "{name} {text:?}: batch order equals single"
             );
             assert!(
-                (b.score - s.score).abs() <= 1e-5,
-                "{name} {text:?}: batch == single"
+                // Relative past 1: regression heads give raw, unbounded scores.
+                (b.score - s.score).abs() <= 1e-5 * s.score.abs().max(1.0),
+                "{name} {text:?}: batch {} != single {}",
+                b.score,
+                s.score
             );
         }
     }

@@ -137,15 +137,21 @@ struct SelfAttention {
 }
 
 impl SelfAttention {
-    fn forward(&self, hidden: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    /// Attention for every position, or for the first only (`first_only`); keys and values
+    /// always cover every position.
+    fn forward(&self, hidden: &Tensor, bias: &Tensor, first_only: bool) -> Result<Tensor> {
         let (rows, seq, _) = hidden.dims3()?;
         let qkv = self
             .qkv
             .forward(hidden)?
             .reshape((rows, seq, 3, self.num_heads, self.head_dim))?
             .permute((2, 0, 3, 1, 4))?;
+        let mut query = qkv.get(0)?;
+        if first_only {
+            query = query.narrow(2, 0, 1)?;
+        }
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let context = attention(&qkv.get(0)?, &qkv.get(1)?, &qkv.get(2)?, bias, scale)?;
+        let context = attention(&query, &qkv.get(1)?, &qkv.get(2)?, bias, scale)?;
         self.out.forward(&context)
     }
 }
@@ -190,9 +196,16 @@ impl Layer {
         })
     }
 
-    fn forward(&self, hidden: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        let attended = self.attention.forward(hidden, bias)?;
-        let hidden = self.attention_norm.forward(&(attended + hidden)?)?;
+    /// `(batch, seq, hidden)` → the same shape, or `(batch, 1, hidden)` for the first
+    /// position only (`first_only`), which is all a first-token head reads.
+    fn forward(&self, hidden: &Tensor, bias: &Tensor, first_only: bool) -> Result<Tensor> {
+        let attended = self.attention.forward(hidden, bias, first_only)?;
+        let residual = if first_only {
+            hidden.narrow(1, 0, 1)?
+        } else {
+            hidden.clone()
+        };
+        let hidden = self.attention_norm.forward(&(attended + residual)?)?;
         let inner = self.activation.forward(&self.ffn_in.forward(&hidden)?)?;
         self.ffn_norm
             .forward(&(self.ffn_out.forward(&inner)? + hidden)?)
@@ -235,10 +248,25 @@ impl Encoder {
 
     /// The last hidden states, `(batch, seq, hidden)`.
     pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        self.run(batch, false)
+    }
+
+    /// The last hidden state of the first position, `(batch, 1, hidden)`. The last layer
+    /// computes nothing else past its keys and values: an eighth less work for a
+    /// six-layer classifier.
+    pub fn forward_first_token(&self, batch: &Batch) -> Result<Tensor> {
+        self.run(batch, true)
+    }
+
+    fn run(&self, batch: &Batch, first_only: bool) -> Result<Tensor> {
         let mut hidden = self.embeddings.forward(batch)?;
         let bias = layers::attention_bias(&batch.attention_mask, hidden.dtype())?;
-        for layer in &self.layers {
-            hidden = layer.forward(&hidden, &bias)?;
+        let last = self.layers.len().saturating_sub(1);
+        for (index, layer) in self.layers.iter().enumerate() {
+            hidden = layer.forward(&hidden, &bias, first_only && index == last)?;
+        }
+        if first_only && self.layers.is_empty() {
+            hidden = hidden.narrow(1, 0, 1)?;
         }
         Ok(hidden)
     }

@@ -67,7 +67,7 @@ impl SequenceClassifier {
 
     /// `(batch, num_labels)` logits.
     pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
-        self.head.forward(&self.encoder.forward(batch)?)
+        self.head.forward(&self.encoder.forward_first_token(batch)?)
     }
 }
 
