@@ -287,3 +287,47 @@ pub fn attention_bias(mask: &Tensor, dtype: DType) -> Result<Tensor> {
         .affine(-lowest, lowest)?
         .reshape((batch, 1, 1, seq))
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::QTensor;
+    use candle_core::Device;
+
+    use super::*;
+
+    #[test]
+    fn q8_0_blocks_decode_like_candles_own_quantization() -> Result<()> {
+        let device = Device::Cpu;
+        let weight = (Tensor::randn(0f32, 1.0, (48, 96), &device)? * 0.05)?;
+        let ours = qtensor_from_ggml(
+            GgmlDType::Q8_0,
+            &q8_0_blocks(&weight.flatten_all()?.to_vec1::<f32>()?),
+            vec![48, 96],
+            &device,
+        )?
+        .dequantize(&device)?;
+        let candles = QTensor::quantize(&weight, GgmlDType::Q8_0)?.dequantize(&device)?;
+        let gap = (ours - candles)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(gap, 0.0, "our Q8_0 blocks decode differently from candle's");
+        Ok(())
+    }
+
+    #[test]
+    fn linear_gives_the_same_product_on_every_kernel() -> Result<()> {
+        let device = Device::Cpu;
+        let weight = Tensor::randn(0f32, 0.1, (40, 64), &device)?;
+        let bias = Tensor::randn(0f32, 0.1, 40, &device)?;
+        let dense = Linear::new(weight.clone(), Some(bias.clone()), Quantization::None)?;
+        let quantized = Linear::new(weight.clone(), Some(bias.clone()), Quantization::Q8)?;
+        // Few rows take the skinny kernel, many rows the GEMM.
+        for rows in [1, 3, 16, 17, 40] {
+            let xs = Tensor::randn(0f32, 1.0, (rows, 64), &device)?;
+            let want = xs.matmul(&weight.t()?)?.broadcast_add(&bias)?;
+            let gap =
+                |ys: Tensor| -> Result<f32> { (ys - &want)?.abs()?.max_all()?.to_scalar::<f32>() };
+            assert!(gap(dense.forward(&xs)?)? < 1e-5, "f32, {rows} rows");
+            assert!(gap(quantized.forward(&xs)?)? < 0.05, "q8, {rows} rows");
+        }
+        Ok(())
+    }
+}
