@@ -31,16 +31,30 @@ pub fn attention(
         && [query, keys, values, bias]
             .iter()
             .all(|t| t.dtype() == DType::F32);
-    if !cpu_f32 {
-        return with_candle_ops(query, keys, values, bias, scale);
-    }
-    if query.dim(2)? <= FUSED_MAX_QUERIES {
+    if cpu_f32 && query.dim(2)? <= FUSED_MAX_QUERIES {
         return fused_cpu(query, keys, values, bias, scale as f32);
     }
-    // Per-head GEMMs around one pass that scales, adds the bias and takes the softmax.
+    with_gemms(query, keys, values, bias, scale, cpu_f32)
+}
+
+/// Per-head GEMMs around the softmax, which is one vectorized pass (scale, bias, softmax)
+/// on the CPU in f32 (`fast_softmax`) and candle's ops elsewhere.
+fn with_gemms(
+    query: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    bias: &Tensor,
+    scale: f64,
+    fast_softmax: bool,
+) -> Result<Tensor> {
     let (batch, heads, q_len, head_dim) = query.dims4()?;
     let scores = query.contiguous()?.matmul(&keys.contiguous()?.t()?)?;
-    let probs = biased_softmax_cpu(&scores, bias, scale as f32)?;
+    let probs = if fast_softmax {
+        biased_softmax_cpu(&scores, bias, scale as f32)?
+    } else {
+        let scores = (scores * scale)?.broadcast_add(bias)?;
+        candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(query.dtype())?
+    };
     probs
         .matmul(&values.contiguous()?)?
         .transpose(1, 2)?
@@ -70,24 +84,6 @@ fn biased_softmax_cpu(scores: &Tensor, bias: &Tensor, scale: f32) -> Result<Tens
         });
     drop((s_storage, b_storage));
     Tensor::from_vec(probs, (batch, heads, q_len, k_len), scores.device())
-}
-
-fn with_candle_ops(
-    query: &Tensor,
-    keys: &Tensor,
-    values: &Tensor,
-    bias: &Tensor,
-    scale: f64,
-) -> Result<Tensor> {
-    let (batch, heads, q_len, head_dim) = query.dims4()?;
-    let dtype = query.dtype();
-    let scores =
-        (query.contiguous()?.matmul(&keys.contiguous()?.t()?)? * scale)?.broadcast_add(bias)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
-    probs
-        .matmul(&values.contiguous()?)?
-        .transpose(1, 2)?
-        .reshape((batch, q_len, heads * head_dim))
 }
 
 /// A tensor's f32 elements with its strides, on the CPU.
@@ -189,7 +185,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fused_matches_candle_ops_with_strided_cache_views_and_masks() -> Result<()> {
+    fn cpu_paths_match_candle_ops_with_strided_cache_views_and_masks() -> Result<()> {
         let device = Device::Cpu;
         let (batch, heads, q_len, k_len, head_dim) = (2, 3, 4, 6, 16);
         let query = Tensor::randn(0f32, 1.0, (batch, heads, q_len, head_dim), &device)?;
@@ -204,13 +200,16 @@ mod tests {
         let padding = ((mask - 1.0)? * 1e30)?.reshape((batch, 1, 1, k_len))?;
         let position = Tensor::randn(0f32, 1.0, (1, heads, q_len, k_len), &device)?;
         for bias in [padding.clone(), padding.broadcast_add(&position)?] {
+            let reference = with_gemms(&query, &keys, &values, &bias, 0.25, false)?;
             let fused = attention(&query, &keys, &values, &bias, 0.25)?;
-            let reference = with_candle_ops(&query, &keys, &values, &bias, 0.25)?;
-            let gap = (fused - reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(
-                gap < 1e-5,
-                "fused attention is {gap} away from candle's ops"
-            );
+            let fast_softmax = with_gemms(&query, &keys, &values, &bias, 0.25, true)?;
+            for (path, got) in [("fused", fused), ("GEMM + fast softmax", fast_softmax)] {
+                let gap = (got - &reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(
+                    gap < 1e-5,
+                    "{path} attention is {gap} away from candle's ops"
+                );
+            }
         }
         Ok(())
     }
