@@ -78,12 +78,9 @@ pub fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + tanh(SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)))
 }
 
-/// Applies `f` to every element of a CPU f32 tensor in parallel; `None` for other devices
-/// and dtypes, which the caller sends to candle's own op.
-pub fn map_f32<F: Fn(f32) -> f32 + Copy + Send + Sync>(
-    xs: &Tensor,
-    f: F,
-) -> Result<Option<Tensor>> {
+/// Runs `f` on the elements of a CPU f32 tensor, in row-major order; `None` for other
+/// devices and dtypes, which the caller sends to candle's own ops.
+pub fn with_f32_slice<R>(xs: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<Option<R>> {
     if !matches!(xs.device(), Device::Cpu) || xs.dtype() != DType::F32 {
         return Ok(None);
     }
@@ -92,15 +89,27 @@ pub fn map_f32<F: Fn(f32) -> f32 + Copy + Send + Sync>(
     let candle_core::Storage::Cpu(cpu) = &*storage else {
         return Ok(None);
     };
-    let input = &cpu.as_slice::<f32>()?[layout.start_offset()..][..xs.elem_count()];
-    let mut out = vec![0f32; input.len()];
-    // Chunks big enough to amortize the hand-off, small enough to share between cores.
-    const CHUNK: usize = 1 << 14;
-    out.par_chunks_mut(CHUNK)
-        .zip(input.par_chunks(CHUNK))
-        .for_each(|(out, input)| map_slice(input, out, f));
-    drop(storage);
-    Ok(Some(Tensor::from_vec(out, xs.shape(), xs.device())?))
+    let values = &cpu.as_slice::<f32>()?[layout.start_offset()..][..xs.elem_count()];
+    Ok(Some(f(values)))
+}
+
+/// Applies `f` to every element of a CPU f32 tensor in parallel; `None` for other devices
+/// and dtypes.
+pub fn map_f32<F: Fn(f32) -> f32 + Copy + Send + Sync>(
+    xs: &Tensor,
+    f: F,
+) -> Result<Option<Tensor>> {
+    let out = with_f32_slice(xs, |input| {
+        let mut out = vec![0f32; input.len()];
+        // Chunks big enough to amortize the hand-off, small enough to share between cores.
+        const CHUNK: usize = 1 << 14;
+        out.par_chunks_mut(CHUNK)
+            .zip(input.par_chunks(CHUNK))
+            .for_each(|(out, input)| map_slice(input, out, f));
+        out
+    })?;
+    out.map(|out| Tensor::from_vec(out, xs.shape(), xs.device()))
+        .transpose()
 }
 
 /// `out[i] = f(input[i])`, compiled for the widest vector unit the CPU has.
@@ -222,22 +231,29 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// The transpose of a `(rows, cols)` row-major matrix, in cache-sized tiles on all cores
-/// (candle's strided copy takes one core and a cache miss per element).
+/// The transpose of a `(rows, cols)` row-major matrix on all cores. Square tiles go through
+/// a buffer, so both sides move whole cache lines: writing an element at a time down a
+/// column whose stride is a multiple of 4 KiB evicts every line it touches.
 pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 32;
+    const TILE: usize = 16;
     let mut out = vec![0f32; values.len()];
     // Each task writes TILE whole rows of the output (TILE columns of the input).
     out.par_chunks_mut(TILE * rows)
         .enumerate()
-        .for_each(|(tile, out)| {
-            let first_col = tile * TILE;
+        .for_each(|(task, out)| {
+            let first_col = task * TILE;
             let width = out.len() / rows.max(1);
-            for row_start in (0..rows).step_by(TILE) {
-                for row in row_start..(row_start + TILE).min(rows) {
-                    let source = &values[row * cols + first_col..][..width];
-                    for (c, &v) in source.iter().enumerate() {
-                        out[c * rows + row] = v;
+            let mut tile = [[0f32; TILE]; TILE];
+            for first_row in (0..rows).step_by(TILE) {
+                let height = TILE.min(rows - first_row);
+                for (r, tile_row) in tile.iter_mut().enumerate().take(height) {
+                    let source = &values[(first_row + r) * cols + first_col..][..width];
+                    tile_row[..width].copy_from_slice(source);
+                }
+                for c in 0..width {
+                    let target = &mut out[c * rows + first_row..][..height];
+                    for (r, value) in target.iter_mut().enumerate() {
+                        *value = tile[r][c];
                     }
                 }
             }

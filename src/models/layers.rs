@@ -2,7 +2,7 @@
 
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::{GgmlDType, QMatMul};
-use candle_core::{DType, Module, Result, Storage, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -93,12 +93,11 @@ impl Linear {
         quantization: Quantization,
     ) -> Result<Self> {
         let (in_dim, out_dim) = weight.dims2()?;
-        let transposed = if weight.device().is_cpu() && weight.dtype() == DType::F32 {
-            let values = weight.flatten_all()?.to_vec1::<f32>()?;
-            let values = fast_math::transpose(&values, in_dim, out_dim);
-            Tensor::from_vec(values, (out_dim, in_dim), weight.device())?
-        } else {
-            weight.t()?.contiguous()?
+        let transposed = match fast_math::with_f32_slice(&weight, |values| {
+            fast_math::transpose(values, in_dim, out_dim)
+        })? {
+            Some(values) => Tensor::from_vec(values, (out_dim, in_dim), weight.device())?,
+            None => weight.t()?.contiguous()?,
         };
         Linear::new(transposed, bias, quantization)
     }
@@ -110,11 +109,11 @@ fn quantized(weight: &Tensor) -> Result<LinearWeight> {
     if in_dim % Q8_0_BLOCK != 0 {
         return Ok(LinearWeight::Dense(weight.contiguous()?));
     }
-    let values = weight
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let blocks = q8_0_blocks(&values);
+    let weight = weight.to_dtype(DType::F32)?;
+    let blocks = match fast_math::with_f32_slice(&weight, q8_0_blocks)? {
+        Some(blocks) => blocks,
+        None => q8_0_blocks(&weight.flatten_all()?.to_vec1()?),
+    };
     let quantized = qtensor_from_ggml(
         GgmlDType::Q8_0,
         &blocks,
@@ -146,18 +145,56 @@ fn q8_0_blocks(values: &[f32]) -> Vec<u8> {
                         .chunks_exact_mut(Q8_0_BYTES)
                         .zip(values.chunks_exact(Q8_0_BLOCK));
                     for (block, values) in blocks {
-                        let max = values.iter().fold(0f32, |max, x| max.max(x.abs()));
-                        let scale = max / 127.0;
+                        let scale = max_abs(values) / 127.0;
                         let inverse = if scale == 0.0 { 0.0 } else { 1.0 / scale };
                         block[..2].copy_from_slice(&half::f16::from_f32(scale).to_le_bytes());
                         for (q, x) in block[2..].iter_mut().zip(values) {
-                            *q = (x * inverse).round() as i8 as u8;
+                            let r = round_half_away(x * inverse);
+                            // NaN -> 0 like `as`; the checked cast does not vectorize.
+                            let r = if r.is_nan() {
+                                0.0
+                            } else {
+                                r.clamp(-128.0, 127.0)
+                            };
+                            // SAFETY: `r` is finite and within i32's range.
+                            *q = unsafe { r.to_int_unchecked::<i32>() } as u8;
                         }
                     }
                 },
             )
         });
     bytes
+}
+
+/// The largest magnitude in a Q8_0 block, as lane-wise maxima that vectorize.
+#[inline(always)]
+fn max_abs(block: &[f32]) -> f32 {
+    let (low, high) = block.split_at(Q8_0_BLOCK / 2);
+    let mut lanes = [0f32; Q8_0_BLOCK / 2];
+    for ((lane, a), b) in lanes.iter_mut().zip(low).zip(high) {
+        *lane = a.abs().max(b.abs());
+    }
+    // Halving, so that each step is one vector operation.
+    let mut width = lanes.len() / 2;
+    while width > 0 {
+        for i in 0..width {
+            lanes[i] = lanes[i].max(lanes[i + width]);
+        }
+        width /= 2;
+    }
+    lanes[0]
+}
+
+/// `f32::round` (halves away from zero, like ggml's `roundf`) in operations that vectorize:
+/// `x - trunc(x)` is exact.
+#[inline(always)]
+fn round_half_away(x: f32) -> f32 {
+    let whole = x.trunc();
+    if (x - whole).abs() >= 0.5 {
+        whole + 1f32.copysign(x)
+    } else {
+        whole
+    }
 }
 
 impl Module for Linear {
@@ -189,22 +226,16 @@ fn dense_product(rows: &Tensor, weight: &Tensor) -> Result<Tensor> {
     if !skinny {
         return rows.matmul(&weight.t()?);
     }
-    let rows = rows.contiguous()?;
     let out_dim = weight.dim(0)?;
-    let product = {
-        let (x, x_layout) = rows.storage_and_layout();
-        let (w, w_layout) = weight.storage_and_layout();
-        let (Storage::Cpu(x), Storage::Cpu(w)) = (&*x, &*w) else {
-            candle_core::bail!("skinny products run on the CPU only")
-        };
-        fast_math::skinny_matmul(
-            &x.as_slice::<f32>()?[x_layout.start_offset()..][..rows.elem_count()],
-            n,
-            &w.as_slice::<f32>()?[w_layout.start_offset()..][..weight.elem_count()],
-            out_dim,
-        )
-    };
-    Tensor::from_vec(product, (n, out_dim), rows.device())
+    let product = fast_math::with_f32_slice(rows, |x| {
+        fast_math::with_f32_slice(weight, |w| fast_math::skinny_matmul(x, n, w, out_dim))
+    })?
+    .transpose()?
+    .flatten();
+    match product {
+        Some(product) => Tensor::from_vec(product, (n, out_dim), rows.device()),
+        None => candle_core::bail!("skinny products run on CPU f32 only"),
+    }
 }
 
 /// A linear layer stored as `weight` `(out, in)` and `bias`.
@@ -310,6 +341,17 @@ mod tests {
         let gap = (ours - candles)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert_eq!(gap, 0.0, "our Q8_0 blocks decode differently from candle's");
         Ok(())
+    }
+
+    #[test]
+    fn round_half_away_matches_f32_round() {
+        let mut x = -140.0f32;
+        while x <= 140.0 {
+            for v in [x, x + 1e-4, x - 1e-4] {
+                assert_eq!(round_half_away(v), v.round(), "{v}");
+            }
+            x += 0.125;
+        }
     }
 
     #[test]

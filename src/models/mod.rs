@@ -13,17 +13,18 @@ mod heads;
 pub mod kv_cache;
 mod layers;
 pub mod t5;
+mod weights;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
 
 pub use encoder::{Encoder, EncoderConfig, Positions};
 pub use heads::{MaskedLm, SequenceClassifier, TokenClassifier};
 pub use layers::Quantization;
+pub use weights::mmap_weights;
 
 use crate::error::{Error, Result};
 
@@ -234,27 +235,6 @@ pub fn encoder_config(config: &ModelConfig) -> Result<EncoderConfig> {
         Family::DistilBert => distilbert::encoder_config(config),
         Family::Gpt2 | Family::T5 => Err(Error::config(&config.path, "not a BERT-family encoder")),
     }
-}
-
-/// Memory-maps safetensors files. Each file is checked on its own first, so that a truncated
-/// or corrupt one is named.
-pub fn mmap_weights(
-    paths: &[PathBuf],
-    dtype: DType,
-    device: &Device,
-) -> Result<VarBuilder<'static>> {
-    for path in paths {
-        // SAFETY: the mapping is read-only; like every mmap user we rely on the file not being
-        // truncated underneath us while it is open.
-        unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|source| {
-            Error::Weights {
-                path: path.clone(),
-                source,
-            }
-        })?;
-    }
-    // SAFETY: as above.
-    Ok(unsafe { VarBuilder::from_mmaped_safetensors(paths, dtype, device) }?)
 }
 
 /// The bare encoder of a BERT-family checkpoint, whether its weights sit under the family's
