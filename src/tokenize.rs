@@ -140,6 +140,34 @@ impl Batching {
     }
 }
 
+/// Groups of inputs, longest first, that each pad to at most `1 + max_padding` times
+/// their real tokens: how one generation batch is split for its encoder pass, where
+/// padding costs compute but the decoder still wants every row at once. Returns indices
+/// into `lengths`.
+pub fn low_padding_groups(lengths: &[usize], max_padding: f64) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut real = 0;
+    for index in order {
+        let len = lengths[index];
+        let fits = groups.last().is_some_and(|group| {
+            // Sorted longest first, so the group's first member sets its width.
+            let padded = (group.len() + 1) * lengths[group[0]];
+            padded as f64 <= (1.0 + max_padding) * (real + len) as f64
+        });
+        if !fits {
+            groups.push(Vec::new());
+            real = 0;
+        }
+        if let Some(group) = groups.last_mut() {
+            group.push(index);
+        }
+        real += len;
+    }
+    groups
+}
+
 /// A tokenizer.json with the model's window and padding id.
 pub struct TextEncoder {
     tokenizer: Tokenizer,
@@ -284,6 +312,21 @@ mod tests {
             truncated: false,
             raw: tokenizers::Encoding::default(),
         }
+    }
+
+    #[test]
+    fn low_padding_groups_bound_the_padding_of_each_group() {
+        let lengths = [14, 349, 59, 268, 88, 212];
+        let groups = low_padding_groups(&lengths, 0.25);
+        // 349+268 pad to 698 for 617 real tokens; adding 212 would pad 1047 for 829.
+        assert_eq!(groups, [vec![1, 3], vec![5], vec![4, 2], vec![0]]);
+        for group in &groups {
+            let real: usize = group.iter().map(|&i| lengths[i]).sum();
+            let padded = group.len() * lengths[group[0]];
+            assert!(padded as f64 <= 1.25 * real as f64, "{group:?}");
+        }
+        assert!(low_padding_groups(&[], 0.25).is_empty());
+        assert_eq!(low_padding_groups(&[5, 5, 5], 0.0), [vec![0, 1, 2]]);
     }
 
     #[test]

@@ -165,7 +165,7 @@ pub fn max(values: &[f32]) -> f32 {
             *lane = if v > *lane { v } else { *lane };
         }
     }
-    lanes.iter().fold(tail, |m, &v| m.max(v))
+    reduce_lanes(lanes, f32::max).max(tail)
 }
 
 /// The sum, in 16 independent lanes (a single running sum is one long dependency chain).
@@ -179,7 +179,7 @@ pub fn sum(values: &[f32]) -> f32 {
             *lane += v;
         }
     }
-    lanes.iter().sum::<f32>() + tail
+    reduce_lanes(lanes, |x, y| x + y) + tail
 }
 
 /// `softmax(scale · scores + bias)` of one row into `out`, where `bias` is read at
@@ -211,24 +211,43 @@ pub fn biased_softmax(
     }
 }
 
-/// A dot product in 16 independent lanes, so it stays in vector registers.
+/// A dot product in four independent 16-lane accumulators, so it stays in vector registers
+/// and no add waits on the one before (a single accumulator is bound by the add latency),
+/// summed as a tree.
 #[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a_chunks
-        .remainder()
-        .iter()
-        .zip(b_chunks.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a_chunks.zip(b_chunks) {
-        for lane in 0..LANES {
-            acc[lane] += x[lane] * y[lane];
+    const WIDTH: usize = 64;
+    let len = a.len().min(b.len());
+    let whole = len - len % WIDTH;
+    let mut acc = [0f32; WIDTH];
+    for (x, y) in a[..whole]
+        .chunks_exact(WIDTH)
+        .zip(b[..whole].chunks_exact(WIDTH))
+    {
+        for i in 0..WIDTH {
+            acc[i] += x[i] * y[i];
         }
     }
-    acc.iter().sum::<f32>() + tail
+    let tail: f32 = a[whole..len]
+        .iter()
+        .zip(&b[whole..len])
+        .map(|(x, y)| x * y)
+        .sum();
+    reduce_lanes(acc, |x, y| x + y) + tail
+}
+
+/// Folds a power-of-two number of lanes with `op` by halving: one vector operation per
+/// step, where a left-to-right fold would wait on each scalar result.
+#[inline(always)]
+pub fn reduce_lanes<const N: usize>(mut lanes: [f32; N], op: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut width = N / 2;
+    while width > 0 {
+        for i in 0..width {
+            lanes[i] = op(lanes[i], lanes[i + width]);
+        }
+        width /= 2;
+    }
+    lanes[0]
 }
 
 /// The transpose of a `(rows, cols)` row-major matrix on all cores. Square tiles go through
@@ -267,33 +286,120 @@ pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 /// than the product; decoding steps and classifier heads live here.
 pub fn skinny_matmul(x: &[f32], rows: usize, weight: &[f32], out_dim: usize) -> Vec<f32> {
     let in_dim = x.len() / rows.max(1);
-    // Blocks of outputs, computed transposed so each task writes one contiguous slice.
-    const BLOCK: usize = 64;
+    // Outputs per task, computed transposed so each task writes one contiguous slice.
+    const TASK: usize = 64;
     let mut transposed = vec![0f32; out_dim * rows];
     transposed
-        .par_chunks_mut(BLOCK * rows)
+        .par_chunks_mut(TASK * rows)
         .enumerate()
-        .for_each(|(block, out)| {
+        .for_each(|(task, out)| {
             with_simd(
                 #[inline(always)]
                 || {
-                    let first = block * BLOCK;
-                    for (o, out) in out.chunks_exact_mut(rows).enumerate() {
-                        let w = &weight[(first + o) * in_dim..][..in_dim];
-                        for (r, y) in out.iter_mut().enumerate() {
-                            *y = dot(&x[r * in_dim..][..in_dim], w);
+                    let first = task * TASK;
+                    let weight_row = |o: usize| &weight[(first + o) * in_dim..][..in_dim];
+                    let count = out.len() / rows;
+                    let mut o = 0;
+                    while o < count {
+                        // Blocks of 4 outputs (the tail one at a time) by up to 4 rows.
+                        let outputs = if count - o >= 4 { 4 } else { 1 };
+                        // The next block's weights, which come from memory, arrive while
+                        // this one computes.
+                        let ahead = (o + 2 * outputs).min(count)..(o + 3 * outputs).min(count);
+                        prefetch(
+                            &weight[(first + ahead.start) * in_dim..(first + ahead.end) * in_dim],
+                        );
+                        let mut r = 0;
+                        while r < rows {
+                            let x_row = |i: usize| &x[(r + i) * in_dim..][..in_dim];
+                            let block = if outputs == 4 { (rows - r).min(4) } else { 1 };
+                            let mut put = |i: usize, j: usize, value: f32| {
+                                out[(o + j) * rows + r + i] = value;
+                            };
+                            let put = &mut put;
+                            match (block, outputs) {
+                                (4, 4) => dot_block::<4, 4>(x_row, weight_row, o, put),
+                                (3, 4) => dot_block::<3, 4>(x_row, weight_row, o, put),
+                                (2, 4) => dot_block::<2, 4>(x_row, weight_row, o, put),
+                                (1, 4) => dot_block::<1, 4>(x_row, weight_row, o, put),
+                                (_, _) => dot_block::<1, 1>(x_row, weight_row, o, put),
+                            }
+                            r += block;
                         }
+                        o += outputs;
                     }
                 },
             )
         });
-    let mut result = vec![0f32; rows * out_dim];
-    for (o, column) in transposed.chunks_exact(rows).enumerate() {
-        for (r, &v) in column.iter().enumerate() {
-            result[r * out_dim + o] = v;
+    transpose(&transposed, out_dim, rows)
+}
+
+/// Asks for `values` to be brought into cache ahead of use.
+#[inline(always)]
+fn prefetch(values: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in values.chunks(16) {
+        // SAFETY: a prefetch is a hint; it never faults, whatever the address.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = values;
+}
+
+/// `values` as whole vectors of 16 lanes (a tail shorter than that is left out).
+#[inline(always)]
+fn as_lanes(values: &[f32]) -> &[[f32; 16]] {
+    // SAFETY: `[f32; 16]` has f32's alignment and no padding, and the length is rounded
+    // down to whole arrays inside `values`.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len() / 16) }
+}
+
+/// The `R × O` dot products of input rows `x_row(0..R)` with weight rows
+/// `weight_row(first..first + O)`, passed to `put(row, output, value)`. Every accumulator
+/// is a vector register and each loaded vector serves several of them, so the loop is
+/// bound by arithmetic rather than loads; a dot product at a time would load twice per
+/// multiply-add.
+#[inline(always)]
+fn dot_block<'a, const R: usize, const O: usize>(
+    x_row: impl Fn(usize) -> &'a [f32],
+    weight_row: impl Fn(usize) -> &'a [f32],
+    first: usize,
+    put: &mut impl FnMut(usize, usize, f32),
+) {
+    const LANES: usize = 16;
+    let xs: [&[f32]; R] = std::array::from_fn(&x_row);
+    let ws: [&[f32]; O] = std::array::from_fn(|j| weight_row(first + j));
+    let len = xs[0].len();
+    let steps = len / LANES;
+    // Exactly `steps` vectors each, so indexing below needs no bounds checks.
+    let x_lanes: [&[[f32; LANES]]; R] = std::array::from_fn(|i| &as_lanes(xs[i])[..steps]);
+    let w_lanes: [&[[f32; LANES]]; O] = std::array::from_fn(|j| &as_lanes(ws[j])[..steps]);
+    let mut acc = [[[0f32; LANES]; O]; R];
+    for step in 0..steps {
+        for (acc, x) in acc.iter_mut().zip(&x_lanes) {
+            for (acc, w) in acc.iter_mut().zip(&w_lanes) {
+                let (x, w) = (&x[step], &w[step]);
+                for l in 0..LANES {
+                    acc[l] += x[l] * w[l];
+                }
+            }
         }
     }
-    result
+    let whole = steps * LANES;
+    for (i, (acc, x)) in acc.into_iter().zip(&xs).enumerate() {
+        for (j, (acc, w)) in acc.into_iter().zip(&ws).enumerate() {
+            let tail: f32 = x[whole..len]
+                .iter()
+                .zip(&w[whole..len])
+                .map(|(a, b)| a * b)
+                .sum();
+            put(i, j, reduce_lanes(acc, |a, b| a + b) + tail);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -318,8 +424,14 @@ mod tests {
 
     #[test]
     fn skinny_matmul_matches_the_naive_product() {
-        // Sizes that are not multiples of the 16 lanes or the 64-output blocks.
-        let (rows, in_dim, out_dim) = (3, 37, 130);
+        // Sizes that are not multiples of the 16 lanes, the 4 x 4 blocks or the 64-output
+        // tasks.
+        for (rows, in_dim) in [(1, 37), (3, 37), (4, 64), (7, 37), (16, 53)] {
+            check_skinny_matmul(rows, in_dim, 130);
+        }
+    }
+
+    fn check_skinny_matmul(rows: usize, in_dim: usize, out_dim: usize) {
         let x: Vec<f32> = (0..rows * in_dim)
             .map(|i| (i as f32 * 0.37).sin())
             .collect();

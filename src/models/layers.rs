@@ -68,7 +68,8 @@ pub struct Linear {
 enum LinearWeight {
     /// `(out, in)`, contiguous.
     Dense(Tensor),
-    Quantized(QMatMul),
+    /// Rows past `out_dim` are zero padding.
+    Quantized { matmul: QMatMul, out_dim: usize },
 }
 
 /// Up to this many rows, products skip the GEMM's repacking of the weights
@@ -110,19 +111,28 @@ fn quantized(weight: &Tensor) -> Result<LinearWeight> {
         return Ok(LinearWeight::Dense(weight.contiguous()?));
     }
     let weight = weight.to_dtype(DType::F32)?;
-    let blocks = match fast_math::with_f32_slice(&weight, q8_0_blocks)? {
+    let mut blocks = match fast_math::with_f32_slice(&weight, q8_0_blocks)? {
         Some(blocks) => blocks,
         None => q8_0_blocks(&weight.flatten_all()?.to_vec1()?),
     };
+    // All-zero bytes are a block of zeros.
+    let rows = out_dim.next_multiple_of(Q8_0_ROW_TILE);
+    blocks.resize(rows * in_dim / Q8_0_BLOCK * Q8_0_BYTES, 0);
     let quantized = qtensor_from_ggml(
         GgmlDType::Q8_0,
         &blocks,
-        vec![out_dim, in_dim],
+        vec![rows, in_dim],
         weight.device(),
     )?;
-    Ok(LinearWeight::Quantized(QMatMul::from_qtensor(quantized)?))
+    Ok(LinearWeight::Quantized {
+        matmul: QMatMul::from_qtensor(quantized)?,
+        out_dim,
+    })
 }
 
+/// candle's AVX512-VNNI kernel for Q8_0 takes weights in whole tiles of 16 rows (else it
+/// falls back to a 256-bit one at half the speed), so quantized weights are padded to that.
+const Q8_0_ROW_TILE: usize = 16;
 const Q8_0_BLOCK: usize = 32;
 /// An f16 scale and 32 signed bytes.
 const Q8_0_BYTES: usize = 2 + Q8_0_BLOCK;
@@ -174,15 +184,7 @@ fn max_abs(block: &[f32]) -> f32 {
     for ((lane, a), b) in lanes.iter_mut().zip(low).zip(high) {
         *lane = a.abs().max(b.abs());
     }
-    // Halving, so that each step is one vector operation.
-    let mut width = lanes.len() / 2;
-    while width > 0 {
-        for i in 0..width {
-            lanes[i] = lanes[i].max(lanes[i + width]);
-        }
-        width /= 2;
-    }
-    lanes[0]
+    fast_math::reduce_lanes(lanes, f32::max)
 }
 
 /// `f32::round` (halves away from zero, like ggml's `roundf`) in operations that vectorize:
@@ -205,7 +207,14 @@ impl Module for Linear {
         let rows = xs.reshape(((), in_dim))?;
         let ys = match &self.weight {
             LinearWeight::Dense(weight) => dense_product(&rows, weight)?,
-            LinearWeight::Quantized(weight) => weight.forward(&rows)?,
+            LinearWeight::Quantized { matmul, out_dim } => {
+                let ys = matmul.forward(&rows)?;
+                if ys.dim(1)? == *out_dim {
+                    ys
+                } else {
+                    ys.narrow(1, 0, *out_dim)?
+                }
+            }
         };
         let ys = match &self.bias {
             Some(bias) => ys.broadcast_add(bias)?,

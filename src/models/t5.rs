@@ -484,32 +484,74 @@ impl<'a> T5Session<'a> {
         rows_per_input: usize,
         max_new: usize,
     ) -> Result<Self> {
-        let encoded = model.encode(input_ids, mask)?;
-        let (encoded, mask) = if rows_per_input > 1 {
-            let rows: Vec<u32> = (0..input_ids.dim(0)? as u32)
-                .flat_map(|i| std::iter::repeat_n(i, rows_per_input))
-                .collect();
-            let rows = Tensor::new(rows, input_ids.device())?;
-            (
-                encoded.index_select(&rows, 0)?,
-                mask.index_select(&rows, 0)?,
-            )
-        } else {
-            (encoded, mask.clone())
+        let rows: Vec<u32> = (0..input_ids.dim(0)? as u32)
+            .flat_map(|i| std::iter::repeat_n(i, rows_per_input))
+            .collect();
+        Self::start_bucketed(model, &[(input_ids.clone(), mask.clone())], &rows, max_new)
+    }
+
+    /// Encodes inputs given as several right-padded `(input_ids, mask)` batches, so that
+    /// inputs of similar length share one and little padding goes through the encoder.
+    /// Decoder row `r` belongs to input `rows[r]`, counted across the batches in order.
+    pub fn start_bucketed(
+        model: &'a T5,
+        batches: &[(Tensor, Tensor)],
+        rows: &[u32],
+        max_new: usize,
+    ) -> Result<Self> {
+        let width = batches
+            .iter()
+            .map(|(ids, _)| ids.dim(1))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        let layers = model.decoder.len();
+        let (mut keys, mut values) = (vec![Vec::new(); layers], vec![Vec::new(); layers]);
+        let mut masks = Vec::with_capacity(batches.len());
+        for (input_ids, mask) in batches {
+            // Cross-attention keys and values once per input, before beams repeat it.
+            let encoded = model.encode(input_ids, mask)?;
+            let pad = width - input_ids.dim(1)?;
+            for (layer, (k, v)) in model.cross_keys_values(&encoded)?.into_iter().enumerate() {
+                keys[layer].push(k.pad_with_zeros(2, 0, pad)?);
+                values[layer].push(v.pad_with_zeros(2, 0, pad)?);
+            }
+            masks.push(mask.pad_with_zeros(1, 0, pad)?);
+        }
+        let inputs: usize = batches.iter().map(|(ids, _)| ids.dim(0).unwrap_or(0)).sum();
+        let in_order =
+            rows.len() == inputs && rows.iter().enumerate().all(|(r, &i)| r == i as usize);
+        let device = masks.first().map_or(&Device::Cpu, |m| m.device()).clone();
+        let rows = Tensor::new(rows, &device)?;
+        // One tensor over all inputs, in decoder-row order.
+        let gather = |parts: &[Tensor]| -> Result<Tensor> {
+            let all = Tensor::cat(parts, 0)?;
+            if in_order {
+                Ok(all)
+            } else {
+                all.index_select(&rows, 0)
+            }
         };
+        let cross = keys
+            .iter()
+            .zip(&values)
+            .map(|(k, v)| Ok((gather(k)?, gather(v)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let dtype = model.shared.embeddings().dtype();
         let cfg = &model.config;
         let cache = KvCache::new(
-            model.decoder.len(),
-            encoded.dim(0)?,
+            layers,
+            rows.dim(0)?,
             cfg.num_heads,
             cfg.d_kv,
             max_new,
-            encoded.dtype(),
-            encoded.device(),
+            dtype,
+            &device,
         )?;
         Ok(T5Session {
-            cross: model.cross_keys_values(&encoded)?,
-            cross_bias: layers::attention_bias(&mask, encoded.dtype())?,
+            cross,
+            cross_bias: layers::attention_bias(&gather(&masks)?, dtype)?,
             cache,
             model,
         })

@@ -10,9 +10,12 @@ use crate::generation::{self, FinishReason, Flow, GenerationConfig, Overrides, R
 use crate::hub::{self, ModelRepo};
 use crate::models::t5::{T5Config, T5Session, T5};
 use crate::models::{self, ModelConfig, Task};
-use crate::tokenize::{Batch, Encoding, Side, TextEncoder};
+use crate::tokenize::{low_padding_groups, Batch, Encoding, Side, TextEncoder};
 
 pub const DEFAULT_MODEL: &str = "google-t5/t5-small";
+
+/// How much padding (as a fraction of real tokens) an encoder group may carry.
+const MAX_ENCODER_PADDING: f64 = 0.25;
 
 /// Which pipeline's defaults apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,14 +214,25 @@ impl Seq2Seq {
             min_new: settings.new_token_minimum(1),
             window_bound: false,
         };
-        let batch = Batch::new(encodings, self.text.pad_id(), Side::Right, &self.device)?;
-        let mut session = T5Session::start(
-            &self.model,
-            &batch.input_ids,
-            &batch.attention_mask,
-            beams,
-            limits.max_new + 1,
-        )?;
+        // The encoder runs on groups of similar length; the decoder on every row at once.
+        let lengths: Vec<usize> = encodings.iter().map(|e| e.ids.len()).collect();
+        let groups = low_padding_groups(&lengths, MAX_ENCODER_PADDING);
+        let mut batches = Vec::with_capacity(groups.len());
+        let mut position = vec![0u32; encodings.len()];
+        for (place, &input) in groups.iter().flatten().enumerate() {
+            position[input] = place as u32;
+        }
+        for group in &groups {
+            let members: Vec<&Encoding> = group.iter().map(|&i| encodings[i]).collect();
+            let batch = Batch::new(&members, self.text.pad_id(), Side::Right, &self.device)?;
+            batches.push((batch.input_ids, batch.attention_mask));
+        }
+        let rows: Vec<u32> = position
+            .iter()
+            .flat_map(|&place| std::iter::repeat_n(place, beams))
+            .collect();
+        let mut session =
+            T5Session::start_bucketed(&self.model, &batches, &rows, limits.max_new + 1)?;
         let rows = encodings.len() * beams;
         let first = generation::Decoder::step(&mut session, &vec![start; rows])?;
         let contexts = vec![vec![start]; encodings.len()];
