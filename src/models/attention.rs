@@ -4,8 +4,8 @@
 //! (row, position): scores, softmax and the weighted sum of values stay in cache, and one
 //! parallel dispatch covers all heads. With candle's batched matmul each head is its own
 //! tiny GEMM with its own thread hand-off, which costs more than the arithmetic there.
-//! Longer queries (prompts, encoders) have GEMM-sized heads and take candle's ops, as do
-//! other devices and dtypes.
+//! Longer queries (prompts, encoders) run two GEMM calls per (row, head) on the strided
+//! views, rows spread over cores. Other devices and dtypes take candle's ops.
 
 use candle_core::{DType, Device, Result, Storage, Tensor};
 use rayon::prelude::*;
@@ -31,59 +31,171 @@ pub fn attention(
         && [query, keys, values, bias]
             .iter()
             .all(|t| t.dtype() == DType::F32);
-    if cpu_f32 && query.dim(2)? <= FUSED_MAX_QUERIES {
-        return fused_cpu(query, keys, values, bias, scale as f32);
+    let empty = query.elem_count() == 0 || keys.elem_count() == 0;
+    if cpu_f32 && !empty {
+        return if query.dim(2)? <= FUSED_MAX_QUERIES {
+            fused_cpu(query, keys, values, bias, scale as f32)
+        } else {
+            gemm_cpu(query, keys, values, bias, scale as f32)
+        };
     }
-    with_gemms(query, keys, values, bias, scale, cpu_f32)
+    with_candle_ops(query, keys, values, bias, scale)
 }
 
-/// Per-head GEMMs around the softmax, which is one vectorized pass (scale, bias, softmax)
-/// on the CPU in f32 (`fast_softmax`) and candle's ops elsewhere.
-fn with_gemms(
+/// Batched matmuls and softmax as candle ops: other devices and dtypes.
+fn with_candle_ops(
     query: &Tensor,
     keys: &Tensor,
     values: &Tensor,
     bias: &Tensor,
     scale: f64,
-    fast_softmax: bool,
 ) -> Result<Tensor> {
     let (batch, heads, q_len, head_dim) = query.dims4()?;
     let scores = query.contiguous()?.matmul(&keys.contiguous()?.t()?)?;
-    let probs = if fast_softmax {
-        biased_softmax_cpu(&scores, bias, scale as f32)?
-    } else {
-        let scores = (scores * scale)?.broadcast_add(bias)?;
-        candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(query.dtype())?
-    };
-    probs
+    let scores = (scores * scale)?.broadcast_add(bias)?;
+    candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
+        .to_dtype(query.dtype())?
         .matmul(&values.contiguous()?)?
         .transpose(1, 2)?
         .reshape((batch, q_len, heads * head_dim))
 }
 
-/// `softmax(scale · scores + bias)` over the last dimension of contiguous CPU f32
-/// `scores` `(batch, heads, q_len, k_len)`, in one vectorized pass.
-fn biased_softmax_cpu(scores: &Tensor, bias: &Tensor, scale: f32) -> Result<Tensor> {
-    let (batch, heads, q_len, k_len) = scores.dims4()?;
+/// Long queries on the CPU in f32: per (batch row, head), the scores and the weighted sum
+/// of values are two GEMM calls made straight on the strided views, so no head is copied
+/// or transposed, with one vectorized pass of scale, bias and softmax between them. Batch
+/// (row, head) pairs spread over the cores, each running its GEMMs on one; candle's batched
+/// matmul hands every such product to the thread pool on its own, which costs more than
+/// the arithmetic at encoder sizes.
+fn gemm_cpu(
+    query: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    bias: &Tensor,
+    scale: f32,
+) -> Result<Tensor> {
+    let (batch, heads, q_len, head_dim) = query.dims4()?;
+    let k_len = keys.dim(2)?;
+    if keys.dims4()? != (batch, heads, k_len, head_dim) || values.dims() != keys.dims() {
+        candle_core::bail!("attention shapes disagree: {query:?} {keys:?} {values:?}")
+    }
     let bias = bias.broadcast_as((batch, heads, q_len, k_len))?;
-    let (s_storage, s_layout) = scores.storage_and_layout();
+    let (query, keys, values) = (unit_last(query)?, unit_last(keys)?, unit_last(values)?);
+    let (q_storage, q_layout) = query.storage_and_layout();
+    let (k_storage, k_layout) = keys.storage_and_layout();
+    let (v_storage, v_layout) = values.storage_and_layout();
     let (b_storage, b_layout) = bias.storage_and_layout();
-    let (s, bias) = (view(&s_storage, s_layout)?, view(&b_storage, b_layout)?);
-    let mut probs = vec![0f32; batch * heads * q_len * k_len];
-    probs
-        .par_chunks_mut(k_len)
-        .enumerate()
-        .for_each(|(row, probs)| {
-            let (b, h, i) = (row / (heads * q_len), row / q_len % heads, row % q_len);
-            let scores = &s.data[s.at(b, h, i)..][..k_len];
-            let bias_row = &bias.data[bias.at(b, h, i)..];
-            fast_math::with_simd(
-                #[inline(always)]
-                || fast_math::biased_softmax(scores, scale, bias_row, bias.strides[3], probs),
-            )
-        });
-    drop((s_storage, b_storage));
-    Tensor::from_vec(probs, (batch, heads, q_len, k_len), scores.device())
+    let (q, k, v, bias) = (
+        view(&q_storage, q_layout)?,
+        view(&k_storage, k_layout)?,
+        view(&v_storage, v_layout)?,
+        view(&b_storage, b_layout)?,
+    );
+    let width = heads * head_dim;
+    let mut out = vec![0f32; batch * q_len * width];
+    let out_base = SharedOut(out.as_mut_ptr());
+    // Too few (row, head) pairs to share out: let each GEMM use the cores instead.
+    let parallelism = if batch * heads >= rayon::current_num_threads() {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(0)
+    };
+    let stride = |s: usize| s as isize;
+    (0..batch * heads).into_par_iter().for_each_init(
+        || (vec![0f32; q_len * k_len], vec![0f32; q_len * k_len]),
+        |(scores, probs), task| {
+            let (b, h) = (task / heads, task % heads);
+            let (q_head, k_head) = (&q.data[q.at(b, h, 0)..], &k.data[k.at(b, h, 0)..]);
+            // SAFETY: `scores` is q_len x k_len, row-major. Query rows i < q_len of head h
+            // start at q.at(b, h, i) with head_dim contiguous values (`unit_last`), and
+            // likewise the key rows: all inside their storage by the shapes checked above.
+            // The keys are read as the transposed head_dim x k_len matrix.
+            unsafe {
+                gemm::gemm(
+                    q_len,
+                    k_len,
+                    head_dim,
+                    scores.as_mut_ptr(),
+                    1,
+                    stride(k_len),
+                    false,
+                    q_head.as_ptr(),
+                    1,
+                    stride(q.strides[2]),
+                    k_head.as_ptr(),
+                    stride(k.strides[2]),
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                )
+            };
+            for (i, (scores, probs)) in scores
+                .chunks_exact(k_len)
+                .zip(probs.chunks_exact_mut(k_len))
+                .enumerate()
+            {
+                let bias_row = &bias.data[bias.at(b, h, i)..];
+                fast_math::with_simd(
+                    #[inline(always)]
+                    || fast_math::biased_softmax(scores, scale, bias_row, bias.strides[3], probs),
+                );
+            }
+            let v_head = &v.data[v.at(b, h, 0)..];
+            let out_head = out_base.at(b * q_len * width + h * head_dim);
+            // SAFETY: `probs` is q_len x k_len, row-major; value rows j < k_len start at
+            // v.at(b, h, j) with head_dim contiguous values. The output of (b, h) is rows
+            // b·q_len.. of `out` (q_len x width), columns h·head_dim..+head_dim: inside
+            // `out`, and no other task writes there.
+            unsafe {
+                gemm::gemm(
+                    q_len,
+                    head_dim,
+                    k_len,
+                    out_head,
+                    1,
+                    stride(width),
+                    false,
+                    probs.as_ptr(),
+                    1,
+                    stride(k_len),
+                    v_head.as_ptr(),
+                    1,
+                    stride(v.strides[2]),
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                )
+            };
+        },
+    );
+    drop((q_storage, k_storage, v_storage, b_storage));
+    Tensor::from_vec(out, (batch, q_len, width), query.device())
+}
+
+/// The output buffer of `gemm_cpu`, written by every task in disjoint blocks.
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint elements through it, and the buffer outlives them.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// The tensor itself when its last dimension is contiguous, else a contiguous copy.
+fn unit_last(t: &Tensor) -> Result<Tensor> {
+    if t.stride()[3] == 1 {
+        Ok(t.clone())
+    } else {
+        t.contiguous()
+    }
 }
 
 /// A tensor's f32 elements with its strides, on the CPU.
@@ -120,13 +232,6 @@ fn fused_cpu(
     let k_len = keys.dim(2)?;
     let bias = bias.broadcast_as((batch, heads, q_len, k_len))?;
     // The head dimension must be contiguous; the others may stride anywhere.
-    let unit_last = |t: &Tensor| -> Result<Tensor> {
-        if t.stride()[3] == 1 {
-            Ok(t.clone())
-        } else {
-            t.contiguous()
-        }
-    };
     let (query, keys, values) = (unit_last(query)?, unit_last(keys)?, unit_last(values)?);
     let (q_storage, q_layout) = query.storage_and_layout();
     let (k_storage, k_layout) = keys.storage_and_layout();
@@ -200,10 +305,19 @@ mod tests {
         let padding = ((mask - 1.0)? * 1e30)?.reshape((batch, 1, 1, k_len))?;
         let position = Tensor::randn(0f32, 1.0, (1, heads, q_len, k_len), &device)?;
         for bias in [padding.clone(), padding.broadcast_add(&position)?] {
-            let reference = with_gemms(&query, &keys, &values, &bias, 0.25, false)?;
-            let fused = attention(&query, &keys, &values, &bias, 0.25)?;
-            let fast_softmax = with_gemms(&query, &keys, &values, &bias, 0.25, true)?;
-            for (path, got) in [("fused", fused), ("GEMM + fast softmax", fast_softmax)] {
+            let reference = with_candle_ops(&query, &keys, &values, &bias, 0.25)?;
+            let fused = fused_cpu(&query, &keys, &values, &bias, 0.25)?;
+            let gemms = gemm_cpu(&query, &keys, &values, &bias, 0.25)?;
+            let lone_row = gemm_cpu(
+                &query.narrow(0, 1, 1)?,
+                &keys.narrow(0, 1, 1)?,
+                &values.narrow(0, 1, 1)?,
+                &bias.narrow(0, 1, 1)?,
+                0.25,
+            )?;
+            let gap = (lone_row - reference.narrow(0, 1, 1)?)?.abs()?.max_all()?;
+            assert!(gap.to_scalar::<f32>()? < 1e-5, "GEMM attention on one row");
+            for (path, got) in [("fused", fused), ("GEMMs", gemms)] {
                 let gap = (got - &reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
                 assert!(
                     gap < 1e-5,

@@ -216,38 +216,54 @@ pub fn biased_softmax(
 /// summed as a tree.
 #[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const WIDTH: usize = 64;
+    const LANES: usize = 16;
     let len = a.len().min(b.len());
-    let whole = len - len % WIDTH;
-    let mut acc = [0f32; WIDTH];
-    for (x, y) in a[..whole]
-        .chunks_exact(WIDTH)
-        .zip(b[..whole].chunks_exact(WIDTH))
-    {
-        for i in 0..WIDTH {
-            acc[i] += x[i] * y[i];
+    let vectors = len / LANES;
+    let (a_vectors, b_vectors) = (&as_lanes(a)[..vectors], &as_lanes(b)[..vectors]);
+    let mut acc = [[0f32; LANES]; 4];
+    for quad in 0..vectors / 4 {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            let (x, y) = (&a_vectors[4 * quad + k], &b_vectors[4 * quad + k]);
+            for l in 0..LANES {
+                acc[l] += x[l] * y[l];
+            }
         }
     }
-    let tail: f32 = a[whole..len]
+    for v in vectors / 4 * 4..vectors {
+        let (x, y) = (&a_vectors[v], &b_vectors[v]);
+        for l in 0..LANES {
+            acc[0][l] += x[l] * y[l];
+        }
+    }
+    let [mut sum, x, y, z] = acc;
+    for l in 0..LANES {
+        sum[l] = (sum[l] + x[l]) + (y[l] + z[l]);
+    }
+    let done = vectors * LANES;
+    let tail: f32 = a[done..len]
         .iter()
-        .zip(&b[whole..len])
+        .zip(&b[done..len])
         .map(|(x, y)| x * y)
         .sum();
-    reduce_lanes(acc, |x, y| x + y) + tail
+    reduce_lanes(sum, |x, y| x + y) + tail
 }
 
-/// Folds a power-of-two number of lanes with `op` by halving: one vector operation per
-/// step, where a left-to-right fold would wait on each scalar result.
+/// Folds 16 lanes with `op` by halving: one vector operation per step, where a
+/// left-to-right fold would wait on each scalar result. (Fixed trip counts, so that the
+/// compiler unrolls them and keeps the lanes in a register.)
 #[inline(always)]
-pub fn reduce_lanes<const N: usize>(mut lanes: [f32; N], op: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut width = N / 2;
-    while width > 0 {
-        for i in 0..width {
-            lanes[i] = op(lanes[i], lanes[i + width]);
-        }
-        width /= 2;
+pub fn reduce_lanes(lanes: [f32; 16], op: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut v = lanes;
+    for i in 0..8 {
+        v[i] = op(v[i], v[i + 8]);
     }
-    lanes[0]
+    for i in 0..4 {
+        v[i] = op(v[i], v[i + 4]);
+    }
+    for i in 0..2 {
+        v[i] = op(v[i], v[i + 2]);
+    }
+    op(v[0], v[1])
 }
 
 /// The transpose of a `(rows, cols)` row-major matrix on all cores. Square tiles go through
@@ -419,6 +435,16 @@ mod tests {
             for c in 0..cols {
                 assert_eq!(t[c * rows + r], values[r * cols + c]);
             }
+        }
+    }
+
+    #[test]
+    fn dot_matches_the_naive_sum_at_every_length() {
+        for len in [0, 1, 15, 16, 32, 37, 64, 100, 130, 512] {
+            let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
+            let want: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(x * y)).sum();
+            assert!((f64::from(dot(&a, &b)) - want).abs() < 1e-4, "length {len}");
         }
     }
 
