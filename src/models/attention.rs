@@ -20,6 +20,10 @@ const FUSED_MAX_QUERIES: usize = 8;
 /// `keys`/`values` `(batch, heads, k_len, head_dim)` (views into a cache are fine), with an
 /// additive `bias` broadcastable to `(batch, heads, q_len, k_len)`. Softmax is taken in f32.
 /// Returns `(batch, q_len, heads · head_dim)`, ready for the output projection.
+///
+/// `keys`, `values` and `bias` may instead have one row per group of consecutive query
+/// rows (`batch / keys.dim(0)` of them: the beams of one input, which share an encoder
+/// output), so that beams need no copies of the cross-attention keys and values.
 pub fn attention(
     query: &Tensor,
     keys: &Tensor,
@@ -31,15 +35,28 @@ pub fn attention(
         && [query, keys, values, bias]
             .iter()
             .all(|t| t.dtype() == DType::F32);
-    let empty = query.elem_count() == 0 || keys.elem_count() == 0;
-    if cpu_f32 && !empty {
-        return if query.dim(2)? <= FUSED_MAX_QUERIES {
-            fused_cpu(query, keys, values, bias, scale as f32)
-        } else {
-            gemm_cpu(query, keys, values, bias, scale as f32)
-        };
+    let (batch, shared) = (query.dim(0)?, keys.dim(0)?);
+    if shared == 0 || batch % shared != 0 || values.dim(0)? != shared {
+        candle_core::bail!("attention over {batch} query rows with {shared} rows of keys")
     }
-    with_candle_ops(query, keys, values, bias, scale)
+    let group = batch / shared;
+    let fast = cpu_f32 && query.elem_count() > 0 && keys.elem_count() > 0;
+    if fast && query.dim(2)? <= FUSED_MAX_QUERIES {
+        return fused_cpu(query, keys, values, bias, scale as f32, group);
+    }
+    // Elsewhere shared rows are repeated for each query row.
+    let repeat = |t: &Tensor| -> Result<Tensor> {
+        if group == 1 || t.dim(0)? == 1 {
+            return Ok(t.clone());
+        }
+        let rows: Vec<u32> = (0..batch as u32).map(|r| r / group as u32).collect();
+        t.index_select(&Tensor::new(rows, t.device())?, 0)
+    };
+    let (keys, values, bias) = (repeat(keys)?, repeat(values)?, repeat(bias)?);
+    if fast {
+        return gemm_cpu(query, &keys, &values, &bias, scale as f32);
+    }
+    with_candle_ops(query, &keys, &values, &bias, scale)
 }
 
 /// Batched matmuls and softmax as candle ops: other devices and dtypes.
@@ -227,10 +244,11 @@ fn fused_cpu(
     values: &Tensor,
     bias: &Tensor,
     scale: f32,
+    group: usize,
 ) -> Result<Tensor> {
     let (batch, heads, q_len, head_dim) = query.dims4()?;
     let k_len = keys.dim(2)?;
-    let bias = bias.broadcast_as((batch, heads, q_len, k_len))?;
+    let bias = bias.broadcast_as((batch / group, heads, q_len, k_len))?;
     // The head dimension must be contiguous; the others may stride anywhere.
     let (query, keys, values) = (unit_last(query)?, unit_last(keys)?, unit_last(values)?);
     let (q_storage, q_layout) = query.storage_and_layout();
@@ -254,18 +272,20 @@ fn fused_cpu(
                 #[inline(always)]
                 || {
                     let (b, i) = (row / q_len, row % q_len);
+                    // The row of keys, values and bias this query row reads.
+                    let kb = b / group;
                     for h in 0..heads {
                         let q_row = &q.data[q.at(b, h, i)..][..head_dim];
                         for (j, score) in raw.iter_mut().enumerate() {
-                            let k_row = &k.data[k.at(b, h, j)..][..head_dim];
+                            let k_row = &k.data[k.at(kb, h, j)..][..head_dim];
                             *score = fast_math::dot(q_row, k_row);
                         }
-                        let bias_row = &bias.data[bias.at(b, h, i)..];
+                        let bias_row = &bias.data[bias.at(kb, h, i)..];
                         fast_math::biased_softmax(raw, scale, bias_row, bias.strides[3], probs);
                         let out_head = &mut out_row[h * head_dim..][..head_dim];
                         out_head.fill(0.0);
                         for (j, &p) in probs.iter().enumerate() {
-                            let v_row = &v.data[v.at(b, h, j)..][..head_dim];
+                            let v_row = &v.data[v.at(kb, h, j)..][..head_dim];
                             axpy(p, v_row, out_head);
                         }
                     }
@@ -306,7 +326,7 @@ mod tests {
         let position = Tensor::randn(0f32, 1.0, (1, heads, q_len, k_len), &device)?;
         for bias in [padding.clone(), padding.broadcast_add(&position)?] {
             let reference = with_candle_ops(&query, &keys, &values, &bias, 0.25)?;
-            let fused = fused_cpu(&query, &keys, &values, &bias, 0.25)?;
+            let fused = fused_cpu(&query, &keys, &values, &bias, 0.25, 1)?;
             let gemms = gemm_cpu(&query, &keys, &values, &bias, 0.25)?;
             let lone_row = gemm_cpu(
                 &query.narrow(0, 1, 1)?,
@@ -324,6 +344,34 @@ mod tests {
                     "{path} attention is {gap} away from candle's ops"
                 );
             }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn beams_may_share_the_keys_of_their_input() -> Result<()> {
+        let device = Device::Cpu;
+        let (inputs, beams, heads, k_len, head_dim) = (2, 3, 2, 5, 16);
+        let keys = Tensor::randn(0f32, 1.0, (inputs, heads, k_len, head_dim), &device)?;
+        let values = Tensor::randn(0f32, 1.0, (inputs, heads, k_len, head_dim), &device)?;
+        let mask = Tensor::new(&[[1f32, 1., 1., 0., 0.], [1., 1., 1., 1., 1.]], &device)?;
+        let bias = ((mask - 1.0)? * 1e30)?.reshape((inputs, 1, 1, k_len))?;
+        let rows = Tensor::new(&[0u32, 0, 0, 1, 1, 1], &device)?;
+        let repeated = |t: &Tensor| t.index_select(&rows, 0);
+        // One query position takes the fused loop; twelve take the GEMMs.
+        for q_len in [1, 12] {
+            let query =
+                Tensor::randn(0f32, 1.0, (inputs * beams, heads, q_len, head_dim), &device)?;
+            let want = with_candle_ops(
+                &query,
+                &repeated(&keys)?,
+                &repeated(&values)?,
+                &repeated(&bias)?,
+                0.5,
+            )?;
+            let got = attention(&query, &keys, &values, &bias, 0.5)?;
+            let gap = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(gap < 1e-5, "{q_len} query positions: {gap}");
         }
         Ok(())
     }

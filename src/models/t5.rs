@@ -484,19 +484,20 @@ impl<'a> T5Session<'a> {
         rows_per_input: usize,
         max_new: usize,
     ) -> Result<Self> {
-        let rows: Vec<u32> = (0..input_ids.dim(0)? as u32)
-            .flat_map(|i| std::iter::repeat_n(i, rows_per_input))
-            .collect();
-        Self::start_bucketed(model, &[(input_ids.clone(), mask.clone())], &rows, max_new)
+        let order: Vec<u32> = (0..input_ids.dim(0)? as u32).collect();
+        let batches = [(input_ids.clone(), mask.clone())];
+        Self::start_bucketed(model, &batches, &order, rows_per_input, max_new)
     }
 
     /// Encodes inputs given as several right-padded `(input_ids, mask)` batches, so that
     /// inputs of similar length share one and little padding goes through the encoder.
-    /// Decoder row `r` belongs to input `rows[r]`, counted across the batches in order.
+    /// Input `i` is number `order[i]` counted across the batches in turn; it gets decoder
+    /// rows `i · rows_per_input ..`, which share its cross-attention keys and values.
     pub fn start_bucketed(
         model: &'a T5,
         batches: &[(Tensor, Tensor)],
-        rows: &[u32],
+        order: &[u32],
+        rows_per_input: usize,
         max_new: usize,
     ) -> Result<Self> {
         let width = batches
@@ -510,7 +511,6 @@ impl<'a> T5Session<'a> {
         let (mut keys, mut values) = (vec![Vec::new(); layers], vec![Vec::new(); layers]);
         let mut masks = Vec::with_capacity(batches.len());
         for (input_ids, mask) in batches {
-            // Cross-attention keys and values once per input, before beams repeat it.
             let encoded = model.encode(input_ids, mask)?;
             let pad = width - input_ids.dim(1)?;
             for (layer, (k, v)) in model.cross_keys_values(&encoded)?.into_iter().enumerate() {
@@ -519,18 +519,19 @@ impl<'a> T5Session<'a> {
             }
             masks.push(mask.pad_with_zeros(1, 0, pad)?);
         }
-        let inputs: usize = batches.iter().map(|(ids, _)| ids.dim(0).unwrap_or(0)).sum();
-        let in_order =
-            rows.len() == inputs && rows.iter().enumerate().all(|(r, &i)| r == i as usize);
+        let in_order = order
+            .iter()
+            .enumerate()
+            .all(|(i, &place)| i == place as usize);
         let device = masks.first().map_or(&Device::Cpu, |m| m.device()).clone();
-        let rows = Tensor::new(rows, &device)?;
-        // One tensor over all inputs, in decoder-row order.
+        let order = Tensor::new(order, &device)?;
+        // One tensor over all inputs, in input order.
         let gather = |parts: &[Tensor]| -> Result<Tensor> {
             let all = Tensor::cat(parts, 0)?;
             if in_order {
                 Ok(all)
             } else {
-                all.index_select(&rows, 0)
+                all.index_select(&order, 0)
             }
         };
         let cross = keys
@@ -542,7 +543,7 @@ impl<'a> T5Session<'a> {
         let cfg = &model.config;
         let cache = KvCache::new(
             layers,
-            rows.dim(0)?,
+            order.dim(0)? * rows_per_input,
             cfg.num_heads,
             cfg.d_kv,
             max_new,

@@ -227,12 +227,8 @@ impl Seq2Seq {
             let batch = Batch::new(&members, self.text.pad_id(), Side::Right, &self.device)?;
             batches.push((batch.input_ids, batch.attention_mask));
         }
-        let rows: Vec<u32> = position
-            .iter()
-            .flat_map(|&place| std::iter::repeat_n(place, beams))
-            .collect();
         let mut session =
-            T5Session::start_bucketed(&self.model, &batches, &rows, limits.max_new + 1)?;
+            T5Session::start_bucketed(&self.model, &batches, &position, beams, limits.max_new + 1)?;
         let rows = encodings.len() * beams;
         let first = generation::Decoder::step(&mut session, &vec![start; rows])?;
         let contexts = vec![vec![start]; encodings.len()];
