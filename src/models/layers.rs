@@ -201,50 +201,115 @@ fn round_half_away(x: f32) -> f32 {
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        // One GEMM over every row, whatever the leading dimensions.
+        // One product over every row, whatever the leading dimensions.
         let mut out_dims = xs.dims().to_vec();
         let in_dim = out_dims.pop().unwrap_or(1);
         let rows = xs.reshape(((), in_dim))?;
-        let ys = match &self.weight {
-            LinearWeight::Dense(weight) => dense_product(&rows, weight)?,
+        let product = match &self.weight {
+            LinearWeight::Dense(weight) => match cpu_product(&rows, weight, self.bias.as_ref())? {
+                Some(ys) => Biased::Yes(ys),
+                None => Biased::No(rows.matmul(&weight.t()?)?),
+            },
             LinearWeight::Quantized { matmul, out_dim } => {
                 let ys = matmul.forward(&rows)?;
-                if ys.dim(1)? == *out_dim {
+                Biased::No(if ys.dim(1)? == *out_dim {
                     ys
                 } else {
                     ys.narrow(1, 0, *out_dim)?
-                }
+                })
             }
         };
-        let ys = match &self.bias {
-            Some(bias) => ys.broadcast_add(bias)?,
-            None => ys,
+        let ys = match (product, &self.bias) {
+            (Biased::No(ys), Some(bias)) => ys.broadcast_add(bias)?,
+            (Biased::No(ys) | Biased::Yes(ys), _) => ys,
         };
         out_dims.push(ys.dim(1)?);
         ys.reshape(out_dims)
     }
 }
 
-/// `rows` `(n, in)` times `weight` `(out, in)` transposed.
-fn dense_product(rows: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    let n = rows.dim(0)?;
-    let skinny = n <= SKINNY_MAX_ROWS
-        && rows.device().is_cpu()
-        && rows.dtype() == DType::F32
-        && weight.dtype() == DType::F32;
-    if !skinny {
-        return rows.matmul(&weight.t()?);
+/// Whether a product already includes the bias.
+enum Biased {
+    Yes(Tensor),
+    No(Tensor),
+}
+
+/// `rows` `(n, in)` times `weight` `(out, in)` transposed, plus `bias`, on the CPU in f32:
+/// the skinny kernel for a few rows, else one GEMM call that starts from the bias rows,
+/// so that adding it costs no pass of its own. `None` for other devices and dtypes.
+fn cpu_product(rows: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if !f32_cpu(rows) || !f32_cpu(weight) || bias.is_some_and(|b| !f32_cpu(b)) {
+        return Ok(None);
     }
-    let out_dim = weight.dim(0)?;
+    let ((n, in_dim), out_dim) = (rows.dims2()?, weight.dim(0)?);
+    let bias = bias
+        .map(|b| b.flatten_all()?.to_vec1::<f32>())
+        .transpose()?;
     let product = fast_math::with_f32_slice(rows, |x| {
-        fast_math::with_f32_slice(weight, |w| fast_math::skinny_matmul(x, n, w, out_dim))
+        fast_math::with_f32_slice(weight, |w| {
+            if n <= SKINNY_MAX_ROWS {
+                let mut ys = fast_math::skinny_matmul(x, n, w, out_dim);
+                if let Some(bias) = &bias {
+                    for row in ys.chunks_exact_mut(out_dim) {
+                        row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+                    }
+                }
+                ys
+            } else {
+                gemm_product(x, n, in_dim, w, out_dim, bias.as_deref())
+            }
+        })
     })?
     .transpose()?
     .flatten();
-    match product {
-        Some(product) => Tensor::from_vec(product, (n, out_dim), rows.device()),
-        None => candle_core::bail!("skinny products run on CPU f32 only"),
-    }
+    product
+        .map(|ys| Tensor::from_vec(ys, (n, out_dim), rows.device()))
+        .transpose()
+}
+
+/// `x` `(n, in)` times `w` `(out, in)` transposed, plus `bias` on every row, by one gemm
+/// call on all cores.
+fn gemm_product(
+    x: &[f32],
+    n: usize,
+    in_dim: usize,
+    w: &[f32],
+    out_dim: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    assert!(x.len() == n * in_dim && w.len() == out_dim * in_dim);
+    let mut ys = match bias {
+        Some(bias) => bias.repeat(n),
+        None => vec![0f32; n * out_dim],
+    };
+    assert_eq!(ys.len(), n * out_dim);
+    // SAFETY: `x` is n x in_dim and `ys` n x out_dim, row-major; `w` is out_dim x in_dim
+    // row-major, read as its in_dim x out_dim transpose. The lengths are checked above.
+    unsafe {
+        gemm::gemm(
+            n,
+            out_dim,
+            in_dim,
+            ys.as_mut_ptr(),
+            1,
+            out_dim as isize,
+            bias.is_some(),
+            x.as_ptr(),
+            1,
+            in_dim as isize,
+            w.as_ptr(),
+            in_dim as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        )
+    };
+    ys
 }
 
 /// A linear layer stored as `weight` `(out, in)` and `bias`.
