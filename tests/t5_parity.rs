@@ -240,6 +240,18 @@ fn check(name: &str) {
         );
     }
 
+    // Inputs of very different lengths go through the encoder in separate groups, in
+    // another order; each must still get what it gets alone.
+    let long = texts.join(" ");
+    let mixed = [texts[0], long.as_str(), "Hello.", texts[2]];
+    for (input, got) in mixed.iter().zip(sequence(&model, &mixed, &settings)) {
+        assert_eq!(
+            got,
+            sequence(&model, &[input], &settings)[0],
+            "{name} {input:?} in a batch of mixed lengths"
+        );
+    }
+
     let tasks = [
         ("translate", None),
         ("summarize", Some(Seq2SeqTask::Summarize)),

@@ -271,6 +271,9 @@ pub fn reduce_lanes(lanes: [f32; 16], op: impl Fn(f32, f32) -> f32) -> f32 {
 /// column whose stride is a multiple of 4 KiB evicts every line it touches.
 pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     const TILE: usize = 16;
+    if values.is_empty() {
+        return Vec::new();
+    }
     let mut out = vec![0f32; values.len()];
     // Each task writes TILE whole rows of the output (TILE columns of the input).
     out.par_chunks_mut(TILE * rows)
@@ -301,7 +304,10 @@ pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 /// libraries repack the whole weight matrix first, which at a handful of rows costs more
 /// than the product; decoding steps and classifier heads live here.
 pub fn skinny_matmul(x: &[f32], rows: usize, weight: &[f32], out_dim: usize) -> Vec<f32> {
-    let in_dim = x.len() / rows.max(1);
+    if rows == 0 || out_dim == 0 {
+        return Vec::new();
+    }
+    let in_dim = x.len() / rows;
     // Outputs per task, computed transposed so each task writes one contiguous slice.
     const TASK: usize = 64;
     let mut transposed = vec![0f32; out_dim * rows];
@@ -455,6 +461,7 @@ mod tests {
         for (rows, in_dim) in [(1, 37), (3, 37), (4, 64), (7, 37), (16, 53)] {
             check_skinny_matmul(rows, in_dim, 130);
         }
+        assert!(skinny_matmul(&[], 0, &[1.0; 8], 2).is_empty());
     }
 
     fn check_skinny_matmul(rows: usize, in_dim: usize, out_dim: usize) {
