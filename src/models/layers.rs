@@ -94,6 +94,14 @@ impl Linear {
         quantization: Quantization,
     ) -> Result<Self> {
         let (in_dim, out_dim) = weight.dims2()?;
+        if quantization == Quantization::Q8 && in_dim % Q8_0_BLOCK == 0 {
+            // Blocks read down the columns: no transposed f32 copy on the way.
+            let columns = |values: &[f32]| q8_0_column_blocks(values, in_dim, out_dim);
+            if let Some(blocks) = fast_math::with_f32_slice(&weight, columns)? {
+                let weight = quantized_from_blocks(blocks, out_dim, in_dim, weight.device())?;
+                return Ok(Linear { weight, bias });
+            }
+        }
         let transposed = match fast_math::with_f32_slice(&weight, |values| {
             fast_math::transpose(values, in_dim, out_dim)
         })? {
@@ -111,25 +119,29 @@ fn quantized(weight: &Tensor) -> Result<LinearWeight> {
         return Ok(LinearWeight::Dense(weight.contiguous()?));
     }
     let weight = weight.to_dtype(DType::F32)?;
-    let mut blocks = match fast_math::with_f32_slice(&weight, q8_0_blocks)? {
+    let blocks = match fast_math::with_f32_slice(&weight, q8_0_blocks)? {
         Some(blocks) => blocks,
         None => q8_0_blocks(&weight.flatten_all()?.to_vec1()?),
     };
-    // All-zero bytes are a block of zeros.
+    quantized_from_blocks(blocks, out_dim, in_dim, weight.device())
+}
+
+/// The quantized weight for Q8_0 `blocks` of `out_dim` rows, padded with zero rows (all-zero
+/// bytes are a block of zeros) to whole tiles.
+fn quantized_from_blocks(
+    mut blocks: Vec<u8>,
+    out_dim: usize,
+    in_dim: usize,
+    device: &candle_core::Device,
+) -> Result<LinearWeight> {
     let rows = out_dim.next_multiple_of(Q8_0_ROW_TILE);
     blocks.resize(rows * in_dim / Q8_0_BLOCK * Q8_0_BYTES, 0);
-    let quantized = qtensor_from_ggml(
-        GgmlDType::Q8_0,
-        &blocks,
-        vec![rows, in_dim],
-        weight.device(),
-    )?;
+    let quantized = qtensor_from_ggml(GgmlDType::Q8_0, &blocks, vec![rows, in_dim], device)?;
     Ok(LinearWeight::Quantized {
         matmul: QMatMul::from_qtensor(quantized)?,
         out_dim,
     })
 }
-
 /// candle's AVX512-VNNI kernel for Q8_0 takes weights in whole tiles of 16 rows (else it
 /// falls back to a 256-bit one at half the speed), so quantized weights are padded to that.
 const Q8_0_ROW_TILE: usize = 16;
@@ -155,25 +167,66 @@ fn q8_0_blocks(values: &[f32]) -> Vec<u8> {
                         .chunks_exact_mut(Q8_0_BYTES)
                         .zip(values.chunks_exact(Q8_0_BLOCK));
                     for (block, values) in blocks {
-                        let scale = max_abs(values) / 127.0;
-                        let inverse = if scale == 0.0 { 0.0 } else { 1.0 / scale };
-                        block[..2].copy_from_slice(&half::f16::from_f32(scale).to_le_bytes());
-                        for (q, x) in block[2..].iter_mut().zip(values) {
-                            let r = round_half_away(x * inverse);
-                            // NaN -> 0 like `as`; the checked cast does not vectorize.
-                            let r = if r.is_nan() {
-                                0.0
-                            } else {
-                                r.clamp(-128.0, 127.0)
-                            };
-                            // SAFETY: `r` is finite and within i32's range.
-                            *q = unsafe { r.to_int_unchecked::<i32>() } as u8;
+                        encode_q8_0(values, block);
+                    }
+                },
+            )
+        });
+    bytes
+}
+
+/// The Q8_0 blocks of the transpose of `values` `(in_dim, out_dim)`, as `q8_0_blocks`
+/// would make them from the transposed matrix, without writing that matrix: tiles of
+/// 32 x 16 values are turned in a buffer. `in_dim` is a multiple of 32.
+fn q8_0_column_blocks(values: &[f32], in_dim: usize, out_dim: usize) -> Vec<u8> {
+    const COLUMNS: usize = 16;
+    let row_bytes = in_dim / Q8_0_BLOCK * Q8_0_BYTES;
+    let mut bytes = vec![0u8; out_dim * row_bytes];
+    bytes
+        .par_chunks_mut(COLUMNS * row_bytes)
+        .enumerate()
+        .for_each(|(task, bytes)| {
+            let first = task * COLUMNS;
+            let width = bytes.len() / row_bytes;
+            let mut tile = [[0f32; Q8_0_BLOCK]; COLUMNS];
+            fast_math::with_simd(
+                #[inline(always)]
+                || {
+                    for b in 0..in_dim / Q8_0_BLOCK {
+                        for r in 0..Q8_0_BLOCK {
+                            let source = &values[(b * Q8_0_BLOCK + r) * out_dim + first..];
+                            for (column, &value) in tile.iter_mut().zip(&source[..width]) {
+                                column[r] = value;
+                            }
+                        }
+                        for (c, column) in tile.iter().enumerate().take(width) {
+                            let at = c * row_bytes + b * Q8_0_BYTES;
+                            encode_q8_0(column, &mut bytes[at..at + Q8_0_BYTES]);
                         }
                     }
                 },
             )
         });
     bytes
+}
+
+/// One Q8_0 block: 32 values into an f16 scale and 32 signed bytes.
+#[inline(always)]
+fn encode_q8_0(values: &[f32], block: &mut [u8]) {
+    let scale = max_abs(values) / 127.0;
+    let inverse = if scale == 0.0 { 0.0 } else { 1.0 / scale };
+    block[..2].copy_from_slice(&half::f16::from_f32(scale).to_le_bytes());
+    for (q, x) in block[2..].iter_mut().zip(values) {
+        let r = round_half_away(x * inverse);
+        // NaN -> 0 like `as`; the checked cast does not vectorize.
+        let r = if r.is_nan() {
+            0.0
+        } else {
+            r.clamp(-128.0, 127.0)
+        };
+        // SAFETY: `r` is finite and within i32's range.
+        *q = unsafe { r.to_int_unchecked::<i32>() } as u8;
+    }
 }
 
 /// The largest magnitude in a Q8_0 block, as lane-wise maxima that vectorize.
@@ -415,6 +468,20 @@ mod tests {
         let gap = (ours - candles)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert_eq!(gap, 0.0, "our Q8_0 blocks decode differently from candle's");
         Ok(())
+    }
+
+    #[test]
+    fn column_blocks_equal_the_blocks_of_the_transpose() {
+        // 40 outputs: two full tasks of 16 columns and a partial one.
+        let (in_dim, out_dim) = (64, 40);
+        let values: Vec<f32> = (0..in_dim * out_dim)
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
+        let transposed = fast_math::transpose(&values, in_dim, out_dim);
+        assert_eq!(
+            q8_0_column_blocks(&values, in_dim, out_dim),
+            q8_0_blocks(&transposed)
+        );
     }
 
     #[test]
