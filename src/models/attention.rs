@@ -96,102 +96,101 @@ fn gemm_cpu(
         candle_core::bail!("attention shapes disagree: {query:?} {keys:?} {values:?}")
     }
     let bias = bias.broadcast_as((batch, heads, q_len, k_len))?;
-    let (query, keys, values) = (unit_last(query)?, unit_last(keys)?, unit_last(values)?);
-    let (q_storage, q_layout) = query.storage_and_layout();
-    let (k_storage, k_layout) = keys.storage_and_layout();
-    let (v_storage, v_layout) = values.storage_and_layout();
-    let (b_storage, b_layout) = bias.storage_and_layout();
-    let (q, k, v, bias) = (
-        view(&q_storage, q_layout)?,
-        view(&k_storage, k_layout)?,
-        view(&v_storage, v_layout)?,
-        view(&b_storage, b_layout)?,
-    );
     let width = heads * head_dim;
-    let mut out = vec![0f32; batch * q_len * width];
-    let out_base = SharedOut(out.as_mut_ptr());
-    // Too few (row, head) pairs to share out: let each GEMM use the cores instead.
-    let parallelism = if batch * heads >= rayon::current_num_threads() {
-        gemm::Parallelism::None
-    } else {
-        gemm::Parallelism::Rayon(0)
-    };
-    let stride = |s: usize| s as isize;
-    (0..batch * heads).into_par_iter().for_each_init(
-        || (vec![0f32; q_len * k_len], vec![0f32; q_len * k_len]),
-        |(scores, probs), task| {
-            let (b, h) = (task / heads, task % heads);
-            let (q_head, k_head) = (&q.data[q.at(b, h, 0)..], &k.data[k.at(b, h, 0)..]);
-            // SAFETY: `scores` is q_len x k_len, row-major. Query rows i < q_len of head h
-            // start at q.at(b, h, i) with head_dim contiguous values (`unit_last`), and
-            // likewise the key rows: all inside their storage by the shapes checked above.
-            // The keys are read as the transposed head_dim x k_len matrix.
-            unsafe {
-                gemm::gemm(
-                    q_len,
-                    k_len,
-                    head_dim,
-                    scores.as_mut_ptr(),
-                    1,
-                    stride(k_len),
-                    false,
-                    q_head.as_ptr(),
-                    1,
-                    stride(q.strides[2]),
-                    k_head.as_ptr(),
-                    stride(k.strides[2]),
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                )
-            };
-            for (i, (scores, probs)) in scores
-                .chunks_exact(k_len)
-                .zip(probs.chunks_exact_mut(k_len))
-                .enumerate()
-            {
-                let bias_row = &bias.data[bias.at(b, h, i)..];
-                fast_math::with_simd(
-                    #[inline(always)]
-                    || fast_math::biased_softmax(scores, scale, bias_row, bias.strides[3], probs),
-                );
-            }
-            let v_head = &v.data[v.at(b, h, 0)..];
-            let out_head = out_base.at(b * q_len * width + h * head_dim);
-            // SAFETY: `probs` is q_len x k_len, row-major; value rows j < k_len start at
-            // v.at(b, h, j) with head_dim contiguous values. The output of (b, h) is rows
-            // b·q_len.. of `out` (q_len x width), columns h·head_dim..+head_dim: inside
-            // `out`, and no other task writes there.
-            unsafe {
-                gemm::gemm(
-                    q_len,
-                    head_dim,
-                    k_len,
-                    out_head,
-                    1,
-                    stride(width),
-                    false,
-                    probs.as_ptr(),
-                    1,
-                    stride(k_len),
-                    v_head.as_ptr(),
-                    1,
-                    stride(v.strides[2]),
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                )
-            };
-        },
-    );
-    drop((q_storage, k_storage, v_storage, b_storage));
+    let out = with_views(query, keys, values, &bias, |q, k, v, bias| {
+        let mut out = vec![0f32; batch * q_len * width];
+        let out_base = SharedOut(out.as_mut_ptr());
+        // Too few (row, head) pairs to share out: let each GEMM use the cores instead.
+        let parallelism = if batch * heads >= rayon::current_num_threads() {
+            gemm::Parallelism::None
+        } else {
+            gemm::Parallelism::Rayon(0)
+        };
+        let stride = |s: usize| s as isize;
+        (0..batch * heads).into_par_iter().for_each_init(
+            || (vec![0f32; q_len * k_len], vec![0f32; q_len * k_len]),
+            |(scores, probs), task| {
+                let (b, h) = (task / heads, task % heads);
+                let (q_head, k_head) = (&q.data[q.at(b, h, 0)..], &k.data[k.at(b, h, 0)..]);
+                // SAFETY: `scores` is q_len x k_len, row-major. Query rows i < q_len of head h
+                // start at q.at(b, h, i) with head_dim contiguous values (`unit_last`), and
+                // likewise the key rows: all inside their storage by the shapes checked above.
+                // The keys are read as the transposed head_dim x k_len matrix.
+                unsafe {
+                    gemm::gemm(
+                        q_len,
+                        k_len,
+                        head_dim,
+                        scores.as_mut_ptr(),
+                        1,
+                        stride(k_len),
+                        false,
+                        q_head.as_ptr(),
+                        1,
+                        stride(q.strides[2]),
+                        k_head.as_ptr(),
+                        stride(k.strides[2]),
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        parallelism,
+                    )
+                };
+                for (i, (scores, probs)) in scores
+                    .chunks_exact(k_len)
+                    .zip(probs.chunks_exact_mut(k_len))
+                    .enumerate()
+                {
+                    let bias_row = &bias.data[bias.at(b, h, i)..];
+                    fast_math::with_simd(
+                        #[inline(always)]
+                        || {
+                            fast_math::biased_softmax(
+                                scores,
+                                scale,
+                                bias_row,
+                                bias.strides[3],
+                                probs,
+                            )
+                        },
+                    );
+                }
+                let v_head = &v.data[v.at(b, h, 0)..];
+                let out_head = out_base.at(b * q_len * width + h * head_dim);
+                // SAFETY: `probs` is q_len x k_len, row-major; value rows j < k_len start at
+                // v.at(b, h, j) with head_dim contiguous values. The output of (b, h) is rows
+                // b·q_len.. of `out` (q_len x width), columns h·head_dim..+head_dim: inside
+                // `out`, and no other task writes there.
+                unsafe {
+                    gemm::gemm(
+                        q_len,
+                        head_dim,
+                        k_len,
+                        out_head,
+                        1,
+                        stride(width),
+                        false,
+                        probs.as_ptr(),
+                        1,
+                        stride(k_len),
+                        v_head.as_ptr(),
+                        1,
+                        stride(v.strides[2]),
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        parallelism,
+                    )
+                };
+            },
+        );
+        out
+    })?;
     Tensor::from_vec(out, (batch, q_len, width), query.device())
 }
 
@@ -204,6 +203,28 @@ impl SharedOut {
     fn at(&self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
     }
+}
+
+/// Runs `f` on CPU f32 views of the attention operands, each with its head dimension made
+/// contiguous (the others may stride anywhere).
+fn with_views<R>(
+    query: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    bias: &Tensor,
+    f: impl FnOnce(View, View, View, View) -> R,
+) -> Result<R> {
+    let (query, keys, values) = (unit_last(query)?, unit_last(keys)?, unit_last(values)?);
+    let (q_storage, q_layout) = query.storage_and_layout();
+    let (k_storage, k_layout) = keys.storage_and_layout();
+    let (v_storage, v_layout) = values.storage_and_layout();
+    let (b_storage, b_layout) = bias.storage_and_layout();
+    Ok(f(
+        view(&q_storage, q_layout)?,
+        view(&k_storage, k_layout)?,
+        view(&v_storage, v_layout)?,
+        view(&b_storage, b_layout)?,
+    ))
 }
 
 /// The tensor itself when its last dimension is contiguous, else a contiguous copy.
@@ -249,51 +270,40 @@ fn fused_cpu(
     let (batch, heads, q_len, head_dim) = query.dims4()?;
     let k_len = keys.dim(2)?;
     let bias = bias.broadcast_as((batch / group, heads, q_len, k_len))?;
-    // The head dimension must be contiguous; the others may stride anywhere.
-    let (query, keys, values) = (unit_last(query)?, unit_last(keys)?, unit_last(values)?);
-    let (q_storage, q_layout) = query.storage_and_layout();
-    let (k_storage, k_layout) = keys.storage_and_layout();
-    let (v_storage, v_layout) = values.storage_and_layout();
-    let (b_storage, b_layout) = bias.storage_and_layout();
-    let (q, k, v, bias) = (
-        view(&q_storage, q_layout)?,
-        view(&k_storage, k_layout)?,
-        view(&v_storage, v_layout)?,
-        view(&b_storage, b_layout)?,
-    );
-
     let width = heads * head_dim;
-    let mut out = vec![0f32; batch * q_len * width];
-    // One task per (batch row, query position): it writes one contiguous output row.
-    out.par_chunks_mut(width).enumerate().for_each_init(
-        || (vec![0f32; k_len], vec![0f32; k_len]),
-        |(raw, probs), (row, out_row)| {
-            fast_math::with_simd(
-                #[inline(always)]
-                || {
-                    let (b, i) = (row / q_len, row % q_len);
-                    // The row of keys, values and bias this query row reads.
-                    let kb = b / group;
-                    for h in 0..heads {
-                        let q_row = &q.data[q.at(b, h, i)..][..head_dim];
-                        for (j, score) in raw.iter_mut().enumerate() {
-                            let k_row = &k.data[k.at(kb, h, j)..][..head_dim];
-                            *score = fast_math::dot(q_row, k_row);
+    let out = with_views(query, keys, values, &bias, |q, k, v, bias| {
+        let mut out = vec![0f32; batch * q_len * width];
+        // One task per (batch row, query position): it writes one contiguous output row.
+        out.par_chunks_mut(width).enumerate().for_each_init(
+            || (vec![0f32; k_len], vec![0f32; k_len]),
+            |(raw, probs), (row, out_row)| {
+                fast_math::with_simd(
+                    #[inline(always)]
+                    || {
+                        let (b, i) = (row / q_len, row % q_len);
+                        // The row of keys, values and bias this query row reads.
+                        let kb = b / group;
+                        for h in 0..heads {
+                            let q_row = &q.data[q.at(b, h, i)..][..head_dim];
+                            for (j, score) in raw.iter_mut().enumerate() {
+                                let k_row = &k.data[k.at(kb, h, j)..][..head_dim];
+                                *score = fast_math::dot(q_row, k_row);
+                            }
+                            let bias_row = &bias.data[bias.at(kb, h, i)..];
+                            fast_math::biased_softmax(raw, scale, bias_row, bias.strides[3], probs);
+                            let out_head = &mut out_row[h * head_dim..][..head_dim];
+                            out_head.fill(0.0);
+                            for (j, &p) in probs.iter().enumerate() {
+                                let v_row = &v.data[v.at(kb, h, j)..][..head_dim];
+                                axpy(p, v_row, out_head);
+                            }
                         }
-                        let bias_row = &bias.data[bias.at(kb, h, i)..];
-                        fast_math::biased_softmax(raw, scale, bias_row, bias.strides[3], probs);
-                        let out_head = &mut out_row[h * head_dim..][..head_dim];
-                        out_head.fill(0.0);
-                        for (j, &p) in probs.iter().enumerate() {
-                            let v_row = &v.data[v.at(kb, h, j)..][..head_dim];
-                            axpy(p, v_row, out_head);
-                        }
-                    }
-                },
-            )
-        },
-    );
-    drop((q_storage, k_storage, v_storage, b_storage));
+                    },
+                )
+            },
+        );
+        out
+    })?;
     Tensor::from_vec(out, (batch, q_len, width), query.device())
 }
 

@@ -258,33 +258,27 @@ impl Module for Linear {
         let mut out_dims = xs.dims().to_vec();
         let in_dim = out_dims.pop().unwrap_or(1);
         let rows = xs.reshape(((), in_dim))?;
-        let product = match &self.weight {
+        let plus_bias = |ys: Tensor| match &self.bias {
+            Some(bias) => ys.broadcast_add(bias),
+            None => Ok(ys),
+        };
+        let ys = match &self.weight {
             LinearWeight::Dense(weight) => match cpu_product(&rows, weight, self.bias.as_ref())? {
-                Some(ys) => Biased::Yes(ys),
-                None => Biased::No(rows.matmul(&weight.t()?)?),
+                Some(ys) => ys,
+                None => plus_bias(rows.matmul(&weight.t()?)?)?,
             },
             LinearWeight::Quantized { matmul, out_dim } => {
                 let ys = matmul.forward(&rows)?;
-                Biased::No(if ys.dim(1)? == *out_dim {
+                plus_bias(if ys.dim(1)? == *out_dim {
                     ys
                 } else {
                     ys.narrow(1, 0, *out_dim)?
-                })
+                })?
             }
-        };
-        let ys = match (product, &self.bias) {
-            (Biased::No(ys), Some(bias)) => ys.broadcast_add(bias)?,
-            (Biased::No(ys) | Biased::Yes(ys), _) => ys,
         };
         out_dims.push(ys.dim(1)?);
         ys.reshape(out_dims)
     }
-}
-
-/// Whether a product already includes the bias.
-enum Biased {
-    Yes(Tensor),
-    No(Tensor),
 }
 
 /// `rows` `(n, in)` times `weight` `(out, in)` transposed, plus `bias`, on the CPU in f32:
