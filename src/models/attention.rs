@@ -59,6 +59,18 @@ pub fn attention(
     with_candle_ops(query, &keys, &values, &bias, scale)
 }
 
+/// Query, keys and values `(batch, heads, seq, head_dim)` as strided views into one fused
+/// projection `(batch, seq, 3 · heads · head_dim)`: no copies.
+pub fn split_qkv(qkv: &Tensor, heads: usize, head_dim: usize) -> Result<[Tensor; 3]> {
+    let (rows, seq, _) = qkv.dims3()?;
+    let parts = qkv
+        .reshape((rows, seq, 3, heads, head_dim))?
+        .permute((2, 0, 3, 1, 4))?;
+    // Not `Tensor::get`: it reshapes, which copies a strided view.
+    let part = |i| parts.narrow(0, i, 1)?.squeeze(0);
+    Ok([part(0)?, part(1)?, part(2)?])
+}
+
 /// Batched matmuls and softmax as candle ops: other devices and dtypes.
 fn with_candle_ops(
     query: &Tensor,

@@ -7,7 +7,7 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
-use super::attention::attention;
+use super::attention::{attention, split_qkv};
 use super::layers::{self, Activation, Linear, Quantization};
 use crate::tokenize::Batch;
 
@@ -140,18 +140,13 @@ impl SelfAttention {
     /// Attention for every position, or for the first only (`first_only`); keys and values
     /// always cover every position.
     fn forward(&self, hidden: &Tensor, bias: &Tensor, first_only: bool) -> Result<Tensor> {
-        let (rows, seq, _) = hidden.dims3()?;
-        let qkv = self
-            .qkv
-            .forward(hidden)?
-            .reshape((rows, seq, 3, self.num_heads, self.head_dim))?
-            .permute((2, 0, 3, 1, 4))?;
-        let mut query = qkv.get(0)?;
+        let [mut query, keys, values] =
+            split_qkv(&self.qkv.forward(hidden)?, self.num_heads, self.head_dim)?;
         if first_only {
             query = query.narrow(2, 0, 1)?;
         }
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let context = attention(&query, &qkv.get(1)?, &qkv.get(2)?, bias, scale)?;
+        let context = attention(&query, &keys, &values, bias, scale)?;
         self.out.forward(&context)
     }
 }

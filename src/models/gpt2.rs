@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use super::attention::attention;
+use super::attention::{attention, split_qkv};
 use super::kv_cache::KvCache;
 use super::layers::{self, Activation, Linear, Quantization};
 
@@ -104,14 +104,10 @@ impl Block {
         cache: &KvCache,
         layer: usize,
     ) -> Result<Tensor> {
-        let (rows, seq, _) = xs.dims3()?;
-        let qkv = self
-            .c_attn
-            .forward(xs)?
-            .reshape((rows, seq, 3, self.heads, self.head_dim))?
-            .permute((2, 0, 3, 1, 4))?;
-        let (keys, values) = cache.append(layer, &qkv.get(1)?, &qkv.get(2)?)?;
-        let context = attention(&qkv.get(0)?, &keys, &values, bias, self.scale)?;
+        let [query, keys, values] =
+            split_qkv(&self.c_attn.forward(xs)?, self.heads, self.head_dim)?;
+        let (keys, values) = cache.append(layer, &keys, &values)?;
+        let context = attention(&query, &keys, &values, bias, self.scale)?;
         self.attn_proj.forward(&context)
     }
 
