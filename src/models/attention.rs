@@ -59,16 +59,24 @@ pub fn attention(
     with_candle_ops(query, &keys, &values, &bias, scale)
 }
 
-/// Query, keys and values `(batch, heads, seq, head_dim)` as strided views into one fused
-/// projection `(batch, seq, 3 · heads · head_dim)`: no copies.
-pub fn split_qkv(qkv: &Tensor, heads: usize, head_dim: usize) -> Result<[Tensor; 3]> {
-    let (rows, seq, _) = qkv.dims3()?;
-    let parts = qkv
-        .reshape((rows, seq, 3, heads, head_dim))?
+/// The `N` parts of a fused projection `(batch, seq, N · heads · head_dim)` (query, keys
+/// and values; or keys and values) as strided views `(batch, heads, seq, head_dim)`: no copies.
+pub fn split_heads<const N: usize>(
+    projection: &Tensor,
+    heads: usize,
+    head_dim: usize,
+) -> Result<[Tensor; N]> {
+    let (rows, seq, _) = projection.dims3()?;
+    let parts = projection
+        .reshape((rows, seq, N, heads, head_dim))?
         .permute((2, 0, 3, 1, 4))?;
     // Not `Tensor::get`: it reshapes, which copies a strided view.
-    let part = |i| parts.narrow(0, i, 1)?.squeeze(0);
-    Ok([part(0)?, part(1)?, part(2)?])
+    let parts: Vec<Tensor> = (0..N)
+        .map(|i| parts.narrow(0, i, 1)?.squeeze(0))
+        .collect::<Result<_>>()?;
+    parts
+        .try_into()
+        .map_err(|_| candle_core::Error::Msg("split_heads made the wrong number of parts".into()))
 }
 
 /// Batched matmuls and softmax as candle ops: other devices and dtypes.

@@ -7,7 +7,7 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
-use super::attention::{attention, split_qkv};
+use super::attention::{attention, split_heads};
 use super::layers::{self, Activation, Linear, Quantization};
 use crate::tokenize::Batch;
 
@@ -141,7 +141,7 @@ impl SelfAttention {
     /// always cover every position.
     fn forward(&self, hidden: &Tensor, bias: &Tensor, first_only: bool) -> Result<Tensor> {
         let [mut query, keys, values] =
-            split_qkv(&self.qkv.forward(hidden)?, self.num_heads, self.head_dim)?;
+            split_heads(&self.qkv.forward(hidden)?, self.num_heads, self.head_dim)?;
         if first_only {
             query = query.narrow(2, 0, 1)?;
         }
@@ -174,6 +174,7 @@ impl Layer {
             hidden,
             &[hidden; 3],
             &[vb.pp(names.query), vb.pp(names.key), vb.pp(names.value)],
+            true,
             quantization,
         )?;
         Ok(Layer {

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use super::attention::{attention, split_qkv};
+use super::attention::{attention, split_heads};
 use super::kv_cache::KvCache;
 use super::layers::{self, Activation, Linear, Quantization};
 
@@ -105,7 +105,7 @@ impl Block {
         layer: usize,
     ) -> Result<Tensor> {
         let [query, keys, values] =
-            split_qkv(&self.c_attn.forward(xs)?, self.heads, self.head_dim)?;
+            split_heads(&self.c_attn.forward(xs)?, self.heads, self.head_dim)?;
         let (keys, values) = cache.append(layer, &keys, &values)?;
         let context = attention(&query, &keys, &values, bias, self.scale)?;
         self.attn_proj.forward(&context)

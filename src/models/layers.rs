@@ -384,24 +384,24 @@ pub fn linear_no_bias(
 }
 
 /// Several projections of the same input fused into one matrix, so that one GEMM
-/// replaces several (query, key and value).
+/// replaces several (query, key and value), each with a bias or (T5) none.
 pub fn fused_linear(
     in_dim: usize,
     out_dims: &[usize],
     vbs: &[VarBuilder],
+    with_bias: bool,
     quantization: Quantization,
 ) -> Result<Linear> {
     let mut weights = Vec::with_capacity(vbs.len());
     let mut biases = Vec::with_capacity(vbs.len());
     for (&out_dim, vb) in out_dims.iter().zip(vbs) {
         weights.push(vb.get((out_dim, in_dim), "weight")?);
-        biases.push(vb.get(out_dim, "bias")?);
+        if with_bias {
+            biases.push(vb.get(out_dim, "bias")?);
+        }
     }
-    Linear::new(
-        Tensor::cat(&weights, 0)?,
-        Some(Tensor::cat(&biases, 0)?),
-        quantization,
-    )
+    let bias = with_bias.then(|| Tensor::cat(&biases, 0)).transpose()?;
+    Linear::new(Tensor::cat(&weights, 0)?, bias, quantization)
 }
 
 /// A LayerNorm stored as `weight`/`bias`, or as `gamma`/`beta` in older BERT checkpoints

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
-use super::attention::attention;
+use super::attention::{attention, split_heads};
 use super::kv_cache::KvCache;
 use super::layers::{self, Activation, Linear, Quantization};
 
@@ -158,8 +158,8 @@ impl PositionBias {
 
 struct Attention {
     q: Linear,
-    k: Linear,
-    v: Linear,
+    /// Keys and values fused: one product over the input they are computed from.
+    kv: Linear,
     o: Linear,
     heads: usize,
     d_kv: usize,
@@ -173,39 +173,47 @@ impl Attention {
         };
         Ok(Attention {
             q: linear(cfg.d_model, inner, "q")?,
-            k: linear(cfg.d_model, inner, "k")?,
-            v: linear(cfg.d_model, inner, "v")?,
+            kv: layers::fused_linear(
+                cfg.d_model,
+                &[inner; 2],
+                &[vb.pp("k"), vb.pp("v")],
+                false,
+                quantization,
+            )?,
             o: linear(inner, cfg.d_model, "o")?,
             heads: cfg.num_heads,
             d_kv: cfg.d_kv,
         })
     }
 
-    /// `(batch, seq, d_model)` → `(batch, heads, seq, d_kv)`.
-    fn split(&self, xs: &Tensor) -> Result<Tensor> {
-        let (rows, seq, _) = xs.dims3()?;
-        xs.reshape((rows, seq, self.heads, self.d_kv))?
-            .transpose(1, 2)?
-            .contiguous()
-    }
-
+    /// Keys and values `(batch, heads, seq, d_kv)` of `xs`, as views of one product.
     fn keys_values(&self, xs: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((
-            self.split(&self.k.forward(xs)?)?,
-            self.split(&self.v.forward(xs)?)?,
-        ))
+        let [keys, values] = split_heads(&self.kv.forward(xs)?, self.heads, self.d_kv)?;
+        Ok((keys, values))
     }
 
     /// Attention of `xs` over `keys`/`values` with an additive `bias`; T5 does not scale
     /// the scores.
     fn attend(&self, xs: &Tensor, keys: &Tensor, values: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        let (rows, seq, _) = xs.dims3()?;
-        let query = self
-            .q
-            .forward(xs)?
-            .reshape((rows, seq, self.heads, self.d_kv))?
-            .transpose(1, 2)?;
-        self.o.forward(&attention(&query, keys, values, bias, 1.0)?)
+        self.attend_in_groups(xs, &[(xs.dim(0)?, (keys, values), bias)])
+    }
+
+    /// Attention of consecutive blocks of rows of `xs`, each over its own keys, values and
+    /// bias `(rows, (keys, values), bias)`: one product per projection for all rows.
+    fn attend_in_groups(
+        &self,
+        xs: &Tensor,
+        groups: &[(usize, (&Tensor, &Tensor), &Tensor)],
+    ) -> Result<Tensor> {
+        let [query] = split_heads(&self.q.forward(xs)?, self.heads, self.d_kv)?;
+        let mut start = 0;
+        let mut contexts = Vec::with_capacity(groups.len());
+        for &(rows, (keys, values), bias) in groups {
+            let query = query.narrow(0, start, rows)?;
+            contexts.push(attention(&query, keys, values, bias, 1.0)?);
+            start += rows;
+        }
+        self.o.forward(&Tensor::cat(&contexts, 0)?)
     }
 }
 
@@ -418,8 +426,7 @@ impl T5 {
     fn decode(
         &self,
         input_ids: &Tensor,
-        cross: &[(Tensor, Tensor)],
-        cross_bias: &Tensor,
+        cross: &[CrossGroup],
         cache: &mut KvCache,
     ) -> Result<Tensor> {
         let new = input_ids.dim(1)?;
@@ -448,11 +455,11 @@ impl T5 {
                     .self_attention
                     .attend(&normed, &keys, &values, &bias)?)?;
             let normed = block.cross_norm.forward(&xs)?;
-            let (cross_keys, cross_values) = &cross[layer];
-            xs = (&xs
-                + block
-                    .cross_attention
-                    .attend(&normed, cross_keys, cross_values, cross_bias)?)?;
+            let groups: Vec<_> = cross
+                .iter()
+                .map(|g| (g.rows, (&g.keys[layer], &g.values[layer]), &g.bias))
+                .collect();
+            xs = (&xs + block.cross_attention.attend_in_groups(&normed, &groups)?)?;
             xs = block.feed_forward.forward(&xs)?;
         }
         cache.advance(new);
@@ -469,9 +476,21 @@ impl T5 {
 /// self-attention cache that beam search can reorder.
 pub struct T5Session<'a> {
     model: &'a T5,
-    cross: Vec<(Tensor, Tensor)>,
-    cross_bias: Tensor,
+    cross: Vec<CrossGroup>,
     cache: KvCache,
+    device: Device,
+}
+
+/// What cross-attention reads for one encoder batch: its inputs' keys and values, padded
+/// only to that batch's longest input.
+struct CrossGroup {
+    /// Decoder rows: the batch's inputs times rows per input.
+    rows: usize,
+    /// Per decoder layer, `(inputs, heads, seq, d_kv)`.
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+    /// `(inputs, 1, 1, seq)`: the padding mask.
+    bias: Tensor,
 }
 
 impl<'a> T5Session<'a> {
@@ -484,100 +503,72 @@ impl<'a> T5Session<'a> {
         rows_per_input: usize,
         max_new: usize,
     ) -> Result<Self> {
-        let order: Vec<u32> = (0..input_ids.dim(0)? as u32).collect();
         let batches = [(input_ids.clone(), mask.clone())];
-        Self::start_bucketed(model, &batches, &order, rows_per_input, max_new)
+        Self::start_bucketed(model, &batches, rows_per_input, max_new)
     }
 
     /// Encodes inputs given as several right-padded `(input_ids, mask)` batches, so that
-    /// inputs of similar length share one and little padding goes through the encoder.
-    /// Input `i` is number `order[i]` counted across the batches in turn; it gets decoder
-    /// rows `i · rows_per_input ..`, which share its cross-attention keys and values.
+    /// inputs of similar length share one and little padding goes through the encoder or
+    /// is read by cross-attention at every step. Inputs are numbered across the batches in
+    /// turn; input `i` gets decoder rows `i · rows_per_input ..`, which share its
+    /// cross-attention keys and values.
     pub fn start_bucketed(
         model: &'a T5,
         batches: &[(Tensor, Tensor)],
-        order: &[u32],
         rows_per_input: usize,
         max_new: usize,
     ) -> Result<Self> {
-        let width = batches
-            .iter()
-            .map(|(ids, _)| ids.dim(1))
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .max()
-            .unwrap_or(0);
-        let layers = model.decoder.len();
-        let (mut keys, mut values) = (vec![Vec::new(); layers], vec![Vec::new(); layers]);
-        let mut masks = Vec::with_capacity(batches.len());
+        let mut cross = Vec::with_capacity(batches.len());
         for (input_ids, mask) in batches {
             let encoded = model.encode(input_ids, mask)?;
-            let pad = width - input_ids.dim(1)?;
-            for (layer, (k, v)) in model.cross_keys_values(&encoded)?.into_iter().enumerate() {
-                keys[layer].push(k.pad_with_zeros(2, 0, pad)?);
-                values[layer].push(v.pad_with_zeros(2, 0, pad)?);
-            }
-            masks.push(mask.pad_with_zeros(1, 0, pad)?);
+            let (keys, values) = model.cross_keys_values(&encoded)?.into_iter().unzip();
+            cross.push(CrossGroup {
+                rows: input_ids.dim(0)? * rows_per_input,
+                keys,
+                values,
+                bias: layers::attention_bias(mask, encoded.dtype())?,
+            });
         }
-        let in_order = order
-            .iter()
-            .enumerate()
-            .all(|(i, &place)| i == place as usize);
-        let device = masks.first().map_or(&Device::Cpu, |m| m.device()).clone();
-        let order = Tensor::new(order, &device)?;
-        // One tensor over all inputs, in input order.
-        let gather = |parts: &[Tensor]| -> Result<Tensor> {
-            let all = Tensor::cat(parts, 0)?;
-            if in_order {
-                Ok(all)
-            } else {
-                all.index_select(&order, 0)
-            }
-        };
-        let cross = keys
-            .iter()
-            .zip(&values)
-            .map(|(k, v)| Ok((gather(k)?, gather(v)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let dtype = model.shared.embeddings().dtype();
+        let device = batches
+            .first()
+            .map_or(&Device::Cpu, |(ids, _)| ids.device())
+            .clone();
         let cfg = &model.config;
         let cache = KvCache::new(
-            layers,
-            order.dim(0)? * rows_per_input,
+            model.decoder.len(),
+            cross.iter().map(|group| group.rows).sum(),
             cfg.num_heads,
             cfg.d_kv,
             max_new,
-            dtype,
+            model.shared.embeddings().dtype(),
             &device,
         )?;
         Ok(T5Session {
-            cross,
-            cross_bias: layers::attention_bias(&gather(&masks)?, dtype)?,
-            cache,
             model,
+            cross,
+            cache,
+            device,
         })
     }
 
     /// Decoder logits `(rows, new, vocab)` for `tokens` `(rows, new)`, fed after the cache:
     /// for checking cached decoding against a single pass.
     pub fn forward(&mut self, tokens: &Tensor) -> Result<Tensor> {
-        let hidden = self
-            .model
-            .decode(tokens, &self.cross, &self.cross_bias, &mut self.cache)?;
+        let hidden = self.model.decode(tokens, &self.cross, &mut self.cache)?;
         self.model.logits(&hidden)
     }
 }
 
 impl crate::generation::Decoder for T5Session<'_> {
     fn step(&mut self, tokens: &[u32]) -> crate::Result<Tensor> {
-        let ids = Tensor::from_slice(tokens, (tokens.len(), 1), self.cross_bias.device())?;
+        let ids = Tensor::from_slice(tokens, (tokens.len(), 1), &self.device)?;
         Ok(self.forward(&ids)?.squeeze(1)?)
     }
 
     /// Beams are reordered within their input's group only, where the cross-attention keys
     /// and values are the same, so only the self-attention cache moves.
     fn reorder(&mut self, rows: &[u32]) -> crate::Result<()> {
-        let rows = Tensor::new(rows, self.cross_bias.device())?;
+        let rows = Tensor::new(rows, &self.device)?;
         Ok(self.cache.reorder(&rows)?)
     }
 }

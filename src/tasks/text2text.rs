@@ -214,32 +214,39 @@ impl Seq2Seq {
             min_new: settings.new_token_minimum(1),
             window_bound: false,
         };
-        // The encoder runs on groups of similar length; the decoder on every row at once.
+        // The encoder (and cross-attention) run on groups of similar length, the rest of
+        // the decoder on every row at once; inputs go in group order and come back after.
         let lengths: Vec<usize> = encodings.iter().map(|e| e.ids.len()).collect();
         let groups = low_padding_groups(&lengths, MAX_ENCODER_PADDING);
-        let mut batches = Vec::with_capacity(groups.len());
-        let mut position = vec![0u32; encodings.len()];
-        for (place, &input) in groups.iter().flatten().enumerate() {
-            position[input] = place as u32;
-        }
-        for group in &groups {
-            let members: Vec<&Encoding> = group.iter().map(|&i| encodings[i]).collect();
-            let batch = Batch::new(&members, self.text.pad_id(), Side::Right, &self.device)?;
-            batches.push((batch.input_ids, batch.attention_mask));
-        }
+        let batches = groups
+            .iter()
+            .map(|group| {
+                let members: Vec<&Encoding> = group.iter().map(|&i| encodings[i]).collect();
+                let batch = Batch::new(&members, self.text.pad_id(), Side::Right, &self.device)?;
+                Ok((batch.input_ids, batch.attention_mask))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut session =
-            T5Session::start_bucketed(&self.model, &batches, &position, beams, limits.max_new + 1)?;
+            T5Session::start_bucketed(&self.model, &batches, beams, limits.max_new + 1)?;
         let rows = encodings.len() * beams;
         let first = generation::Decoder::step(&mut session, &vec![start; rows])?;
         let contexts = vec![vec![start]; encodings.len()];
         let limits = vec![limits; encodings.len()];
-        if beams > 1 {
-            generation::beam_search(&mut session, first, &contexts, &limits, settings)
+        let generated = if beams > 1 {
+            generation::beam_search(&mut session, first, &contexts, &limits, settings)?
         } else {
             generation::generate(&mut session, first, &contexts, &limits, settings, |_, _| {
                 Flow::Continue
-            })
+            })?
+        };
+        let mut in_input_order: Vec<Option<generation::Generated>> = vec![None; encodings.len()];
+        for (&input, result) in groups.iter().flatten().zip(generated) {
+            in_input_order[input] = Some(result);
         }
+        in_input_order
+            .into_iter()
+            .map(|result| result.ok_or_else(|| Error::Generation("an input got no result".into())))
+            .collect()
     }
 
     /// Decoder logits `(rows, len, vocab)` for teacher-forced `decoder_ids` after encoding
