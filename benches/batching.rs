@@ -49,7 +49,7 @@ fn lines() -> Vec<String> {
             state ^= state << 13;
             state ^= state >> 17;
             state ^= state << 5;
-            let length = if state % 5 == 0 {
+            let length = if state.is_multiple_of(5) {
                 30 + state % 50
             } else {
                 2 + state % 20

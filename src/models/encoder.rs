@@ -221,7 +221,7 @@ impl Encoder {
         names: &WeightNames,
         quantization: Quantization,
     ) -> Result<Self> {
-        if cfg.num_heads == 0 || cfg.hidden_size % cfg.num_heads != 0 {
+        if cfg.num_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_heads) {
             candle_core::bail!(
                 "hidden size {} is not divisible by {} attention heads",
                 cfg.hidden_size,

@@ -132,7 +132,7 @@ pub struct Gpt2 {
 
 impl Gpt2 {
     pub fn load(vb: VarBuilder, config: &Gpt2Config, q: Quantization) -> Result<Self> {
-        if config.n_head == 0 || config.n_embd % config.n_head != 0 {
+        if config.n_head == 0 || !config.n_embd.is_multiple_of(config.n_head) {
             candle_core::bail!(
                 "n_embd {} is not divisible by {} heads",
                 config.n_embd,

@@ -8,6 +8,8 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::fast_math;
+#[cfg(target_arch = "x86_64")]
+use super::int8;
 
 /// Activation functions by their transformers names (`hidden_act`, `activation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -70,6 +72,9 @@ enum LinearWeight {
     Dense(Tensor),
     /// Rows past `out_dim` are zero padding.
     Quantized { matmul: QMatMul, out_dim: usize },
+    /// Q8_0 as well, laid out for the AVX512-VNNI kernels (CPUs that have them).
+    #[cfg(target_arch = "x86_64")]
+    Packed(int8::PackedQ8),
 }
 
 /// Up to this many rows, products skip the GEMM's repacking of the weights
@@ -134,6 +139,11 @@ fn quantized_from_blocks(
     in_dim: usize,
     device: &candle_core::Device,
 ) -> Result<LinearWeight> {
+    #[cfg(target_arch = "x86_64")]
+    if device.is_cpu() && int8::supported() {
+        let packed = int8::PackedQ8::from_q8_0_blocks(&blocks, out_dim, in_dim);
+        return Ok(LinearWeight::Packed(packed));
+    }
     let rows = out_dim.next_multiple_of(Q8_0_ROW_TILE);
     blocks.resize(rows * in_dim / Q8_0_BLOCK * Q8_0_BYTES, 0);
     let quantized = qtensor_from_ggml(GgmlDType::Q8_0, &blocks, vec![rows, in_dim], device)?;
@@ -212,7 +222,7 @@ fn q8_0_column_blocks(values: &[f32], in_dim: usize, out_dim: usize) -> Vec<u8> 
 
 /// One Q8_0 block: 32 values into an f16 scale and 32 signed bytes.
 #[inline(always)]
-fn encode_q8_0(values: &[f32], block: &mut [u8]) {
+pub(super) fn encode_q8_0(values: &[f32], block: &mut [u8]) {
     let scale = max_abs(values) / 127.0;
     let inverse = if scale == 0.0 { 0.0 } else { 1.0 / scale };
     block[..2].copy_from_slice(&half::f16::from_f32(scale).to_le_bytes());
@@ -267,6 +277,8 @@ impl Module for Linear {
                 Some(ys) => ys,
                 None => plus_bias(rows.matmul(&weight.t()?)?)?,
             },
+            #[cfg(target_arch = "x86_64")]
+            LinearWeight::Packed(weight) => packed_product(&rows, weight, self.bias.as_ref())?,
             LinearWeight::Quantized { matmul, out_dim } => {
                 let ys = matmul.forward(&rows)?;
                 plus_bias(if ys.dim(1)? == *out_dim {
@@ -279,6 +291,21 @@ impl Module for Linear {
         out_dims.push(ys.dim(1)?);
         ys.reshape(out_dims)
     }
+}
+
+/// `rows` `(n, in)` times a packed Q8_0 weight, plus `bias`, in f32 (other dtypes are
+/// converted there and back).
+#[cfg(target_arch = "x86_64")]
+fn packed_product(rows: &Tensor, weight: &int8::PackedQ8, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dtype = rows.dtype();
+    let rows = rows.to_dtype(DType::F32)?;
+    let bias = bias
+        .map(|b| b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
+        .transpose()?;
+    let n = rows.dim(0)?;
+    let ys = fast_math::with_f32_slice(&rows, |x| weight.product(x, n, bias.as_deref()))?
+        .ok_or_else(|| candle_core::Error::Msg("packed Q8_0 weights need CPU input".into()))?;
+    Tensor::from_vec(ys, (n, weight.out_dim()), rows.device())?.to_dtype(dtype)
 }
 
 /// `rows` `(n, in)` times `weight` `(out, in)` transposed, plus `bias`, on the CPU in f32:

@@ -10,6 +10,8 @@ mod encoder;
 mod fast_math;
 pub mod gpt2;
 mod heads;
+#[cfg(target_arch = "x86_64")]
+mod int8;
 pub mod kv_cache;
 mod layers;
 pub mod t5;

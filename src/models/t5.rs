@@ -334,17 +334,13 @@ impl T5 {
                 max_distance: cfg.relative_attention_max_distance,
             })
         };
-        // Quantization is for the decoder, which reads every weight per token. The encoder
-        // runs once per input over all its tokens, products that f32 GEMM does at least as
-        // fast as the int8 kernels, and it keeps f32's accuracy.
-        let encoder_weights = Quantization::None;
         let encoder = (0..cfg.num_layers)
             .map(|i| {
                 let block = vb.pp("encoder.block").pp(i).pp("layer");
                 Ok(EncoderBlock {
-                    attention: Attention::load(block.pp("0.SelfAttention"), cfg, encoder_weights)?,
+                    attention: Attention::load(block.pp("0.SelfAttention"), cfg, quantization)?,
                     attention_norm: RmsNorm::load(block.pp("0.layer_norm"), cfg)?,
-                    feed_forward: FeedForward::load(block.pp("1"), cfg, encoder_weights)?,
+                    feed_forward: FeedForward::load(block.pp("1"), cfg, quantization)?,
                 })
             })
             .collect::<Result<_>>()?;
