@@ -291,7 +291,7 @@ def main():
         row = {"workload": name, "weights_mib": weights_mib(folder)}
         common = ["--model", folder, "--offline", "--quiet"]
         row["llmx_s"], row["llmx_peak_mib"] = llmx_run(args.llmx, llmx_args + common, args.runs)
-        if not args.no_quantize and model in ("gpt2", "t5"):  # --quantize is for decoders
+        if not args.no_quantize:
             row["q8_s"], row["q8_peak_mib"] = llmx_run(
                 args.llmx, llmx_args + common + ["--quantize", "q8"], args.runs)
         if not args.no_transformers:

@@ -504,9 +504,9 @@ fn usage_errors_exit_2() {
     );
 }
 
-/// `--quantize q8` belongs to the generation commands; it computes in f32.
+/// `--quantize q8` serves every model command; it computes in f32.
 #[test]
-fn quantize_q8_generates_and_is_refused_where_it_does_not_apply() {
+fn quantize_q8_runs_every_kind_of_model_and_refuses_half_precision() {
     let cache = tempfile::tempdir().unwrap();
     let generated = run(llmx(cache.path())
         .args(["generate", "--json", "--greedy", "--quantize", "q8"])
@@ -531,11 +531,20 @@ fn quantize_q8_generates_and_is_refused_where_it_does_not_apply() {
         .arg("hello world"));
     assert_eq!(translated.status.code(), Some(0), "{}", stderr(&translated));
 
-    let encoder = run(llmx(cache.path())
-        .args(["classify", "--quantize", "q8", "--model"])
-        .arg(fixture("bert-cls3"))
-        .arg("hi"));
-    assert_eq!(encoder.status.code(), Some(2), "{}", stderr(&encoder));
+    // Close to f32, not equal: every weight and activation is rounded to 8 bits.
+    let classify = |mode: &str| {
+        let output = run(llmx(cache.path())
+            .args(["classify", "--json", "--quantize", mode, "--model"])
+            .arg(fixture("bert-cls3"))
+            .args(["hi there", "a longer sentence about dogs"]));
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        json_lines(&output)
+    };
+    for (q8, f32) in classify("q8").iter().zip(classify("none")) {
+        assert_eq!(q8["label"], f32["label"]);
+        let (a, b) = (q8["score"].as_f64().unwrap(), f32["score"].as_f64().unwrap());
+        assert!(a != b && (a - b).abs() < 0.05, "q8 {a} vs f32 {b}");
+    }
 
     let half = run(llmx(cache.path())
         .args(["generate", "--quantize", "q8", "--dtype", "f16", "--model"])

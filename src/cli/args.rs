@@ -76,13 +76,7 @@ pub struct DeviceArgs {
     /// auto, f32, f16 or bf16
     #[arg(long, value_name = "DTYPE", default_value = "auto")]
     pub dtype: DTypeChoice,
-}
-
-/// For the generation commands, whose decoding reads every weight per token.
-#[derive(Debug, Args)]
-#[command(next_help_heading = "Device")]
-pub struct QuantizeArgs {
-    /// none, or q8: decoder weights as 8-bit integers made at load time; faster decoding on
+    /// none, or q8: linear-layer weights as 8-bit integers made at load time; faster on
     /// CPU, outputs close to f32 but not identical (README: Performance)
     #[arg(long, value_name = "MODE", default_value = "none", value_parser = parse_quantization)]
     pub quantize: Quantization,
@@ -186,8 +180,6 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub device: DeviceArgs,
     #[command(flatten)]
-    pub quantize: QuantizeArgs,
-    #[command(flatten)]
     pub input: InputArgs,
     #[command(flatten)]
     pub output: OutputArgs,
@@ -243,8 +235,6 @@ pub struct Text2TextArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
-    #[command(flatten)]
-    pub quantize: QuantizeArgs,
     #[command(flatten)]
     pub input: InputArgs,
     #[command(flatten)]

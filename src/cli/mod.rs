@@ -23,7 +23,6 @@ use output::{RecordWriter, RepeatedWarning, Reporter};
 use crate::batch::{self, InputSource, Record, Records, Summary};
 use crate::generation::{FinishReason, Overrides};
 use crate::hub::{self, HubOptions, ModelRepo};
-use crate::models::Quantization;
 use crate::tasks::classify::{self, Classification, Classifier, LabelScore};
 use crate::tasks::embed::{self, EmbedChoices, Embedder, Embedding};
 use crate::tasks::fill_mask::{self, Filled, MaskFiller, Prediction};
@@ -122,7 +121,7 @@ fn load_options(model: &ModelArgs, device: &DeviceArgs, reporter: &Reporter) -> 
         hub: hub_options(&model.revision, model.offline, reporter),
         device: device.device,
         dtype: device.dtype,
-        quantization: Quantization::None,
+        quantization: device.quantize,
     }
 }
 
@@ -387,10 +386,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<Outcome> {
         .model
         .as_deref()
         .unwrap_or(text_generation::DEFAULT_MODEL);
-    let options = LoadOptions {
-        quantization: args.quantize.quantize,
-        ..load_options(&args.model, &args.device, &reporter)
-    };
+    let options = load_options(&args.model, &args.device, &reporter);
     let generator = TextGenerator::load(model, &options)?;
     let mut settings = generator.defaults().clone();
     settings.apply(Overrides {
@@ -497,10 +493,7 @@ fn seq2seq(args: Text2TextArgs, task: Seq2SeqTask) -> anyhow::Result<Outcome> {
         .model
         .as_deref()
         .unwrap_or(text2text::DEFAULT_MODEL);
-    let options = LoadOptions {
-        quantization: args.quantize.quantize,
-        ..load_options(&args.model, &args.device, &reporter)
-    };
+    let options = load_options(&args.model, &args.device, &reporter);
     let seq2seq = Seq2Seq::load(model, &options)?;
     let (mut settings, prefix) = seq2seq.settings_for(&task)?;
     if args.search.max_length.is_some() && args.search.max_new_tokens.is_none() {
