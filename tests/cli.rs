@@ -542,7 +542,10 @@ fn quantize_q8_runs_every_kind_of_model_and_refuses_half_precision() {
     };
     for (q8, f32) in classify("q8").iter().zip(classify("none")) {
         assert_eq!(q8["label"], f32["label"]);
-        let (a, b) = (q8["score"].as_f64().unwrap(), f32["score"].as_f64().unwrap());
+        let (a, b) = (
+            q8["score"].as_f64().unwrap(),
+            f32["score"].as_f64().unwrap(),
+        );
         assert!(a != b && (a - b).abs() < 0.05, "q8 {a} vs f32 {b}");
     }
 
