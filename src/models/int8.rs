@@ -216,21 +216,14 @@ impl QuantizedRows {
                 super::fast_math::with_simd(
                     #[inline(always)]
                     || {
-                        let mut encoded = [0u8; 2 + BLOCK];
                         let blocks = quants
                             .chunks_exact_mut(BLOCK)
                             .zip(scales)
                             .zip(corrections)
                             .zip(x.chunks_exact(BLOCK));
                         for (((quants, scale), correction), x) in blocks {
-                            super::layers::encode_q8_0(x, &mut encoded);
-                            *scale = half::f16::from_le_bytes([encoded[0], encoded[1]]).to_f32();
-                            let mut sum = 0i32;
-                            for (q, &byte) in quants.iter_mut().zip(&encoded[2..]) {
-                                *q = byte as i8;
-                                sum += i32::from(*q);
-                            }
-                            *correction = -128 * sum;
+                            *scale = super::layers::quantize_q8_0(x, quants).to_f32();
+                            *correction = -128 * quants.iter().map(|&q| i32::from(q)).sum::<i32>();
                         }
                     },
                 )

@@ -222,11 +222,22 @@ fn q8_0_column_blocks(values: &[f32], in_dim: usize, out_dim: usize) -> Vec<u8> 
 
 /// One Q8_0 block: 32 values into an f16 scale and 32 signed bytes.
 #[inline(always)]
-pub(super) fn encode_q8_0(values: &[f32], block: &mut [u8]) {
+fn encode_q8_0(values: &[f32], block: &mut [u8]) {
+    let mut quants = [0i8; Q8_0_BLOCK];
+    let scale = quantize_q8_0(values, &mut quants);
+    block[..2].copy_from_slice(&scale.to_le_bytes());
+    for (byte, q) in block[2..].iter_mut().zip(quants) {
+        *byte = q as u8;
+    }
+}
+
+/// Q8_0 of 32 values: writes `round(x / d)` to `quants` and returns the scale
+/// `d = max|x| / 127`, as candle's `QTensor::quantize` does.
+#[inline(always)]
+pub(super) fn quantize_q8_0(values: &[f32], quants: &mut [i8]) -> half::f16 {
     let scale = max_abs(values) / 127.0;
     let inverse = if scale == 0.0 { 0.0 } else { 1.0 / scale };
-    block[..2].copy_from_slice(&half::f16::from_f32(scale).to_le_bytes());
-    for (q, x) in block[2..].iter_mut().zip(values) {
+    for (q, x) in quants.iter_mut().zip(values) {
         let r = round_half_away(x * inverse);
         // NaN -> 0 like `as`; the checked cast does not vectorize.
         let r = if r.is_nan() {
@@ -235,8 +246,9 @@ pub(super) fn encode_q8_0(values: &[f32], block: &mut [u8]) {
             r.clamp(-128.0, 127.0)
         };
         // SAFETY: `r` is finite and within i32's range.
-        *q = unsafe { r.to_int_unchecked::<i32>() } as u8;
+        *q = unsafe { r.to_int_unchecked::<i32>() } as i8;
     }
+    half::f16::from_f32(scale)
 }
 
 /// The largest magnitude in a Q8_0 block, as lane-wise maxima that vectorize.
