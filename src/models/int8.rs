@@ -96,8 +96,11 @@ impl PackedQ8 {
         assert!(supported());
         assert_eq!(x.len(), rows * self.in_dim);
         assert!(bias.is_none_or(|b| b.len() == self.out_dim));
-        let input = QuantizedRows::new(x, rows, self.in_dim);
         let mut out = vec![0f32; rows * self.out_dim];
+        if out.is_empty() {
+            return out;
+        }
+        let input = QuantizedRows::new(x, rows, self.in_dim);
         let panels = self.out_dim.div_ceil(PANEL);
         let row_tasks = rows.div_ceil(TASK_ROWS);
         // Enough tasks to share out, in runs of whole panels.
@@ -357,6 +360,7 @@ mod tests {
             let expected = QMatMul::from_qtensor(quantized)?
                 .forward(&Tensor::from_slice(&x, (rows, in_dim), &Device::Cpu)?)?
                 .to_vec2::<f32>()?;
+            assert!(packed.product(&[], 0, None).is_empty());
             for with_bias in [false, true] {
                 let got = packed.product(&x, rows, with_bias.then_some(&bias[..]));
                 for (r, expected) in expected.iter().enumerate() {
