@@ -119,7 +119,7 @@ fn gemm_cpu(
     let width = heads * head_dim;
     let out = with_views(query, keys, values, &bias, |q, k, v, bias| {
         let mut out = vec![0f32; batch * q_len * width];
-        let out_base = SharedOut(out.as_mut_ptr());
+        let out_base = fast_math::SharedOut::new(&mut out);
         // Too few (row, head) pairs to share out: let each GEMM use the cores instead.
         let parallelism = if batch * heads >= rayon::current_num_threads() {
             gemm::Parallelism::None
@@ -212,17 +212,6 @@ fn gemm_cpu(
         out
     })?;
     Tensor::from_vec(out, (batch, q_len, width), query.device())
-}
-
-/// The output buffer of `gemm_cpu`, written by every task in disjoint blocks.
-struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint elements through it, and the buffer outlives them.
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    fn at(&self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
 }
 
 /// Runs `f` on CPU f32 views of the attention operands, each with its head dimension made

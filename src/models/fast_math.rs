@@ -124,6 +124,23 @@ fn map_slice<F: Fn(f32) -> f32 + Copy>(input: &[f32], out: &mut [f32], f: F) {
     )
 }
 
+/// An output buffer that parallel tasks write in disjoint blocks through raw pointers.
+pub struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint elements through it, and the buffer outlives them.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    pub fn new(buffer: &mut [f32]) -> Self {
+        SharedOut(buffer.as_mut_ptr())
+    }
+
+    /// The element at `offset`; writing it is the caller's promise that it lies inside the
+    /// buffer and that no other task writes it.
+    pub fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// Runs `f` compiled for the widest vector unit the CPU has (AVX-512, else AVX2 + FMA),
 /// chosen at run time, so the portable loops inside `f` vectorize to it. `f` must be
 /// inlinable (a closure marked `#[inline(always)]`).

@@ -18,10 +18,13 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
+use super::fast_math::SharedOut;
+use super::layers::{Q8_0_BLOCK, Q8_0_BYTES};
+
 /// Outputs per panel: one 512-bit register of i32 or f32.
 const PANEL: usize = 16;
 /// Input values per block, as in Q8_0.
-const BLOCK: usize = 32;
+const BLOCK: usize = Q8_0_BLOCK;
 /// One (panel, block): 16 f16 weight scales, then the 32 x 16 offset weight bytes, four
 /// consecutive inputs of each output together (the order `vpdpbusd` reads).
 const BLOCK_BYTES: usize = PANEL * 2 + PANEL * BLOCK;
@@ -52,7 +55,6 @@ impl PackedQ8 {
     /// block: f16 scale, 32 signed bytes). `in_dim` is a multiple of 32. Outputs past
     /// `out_dim` in the last panel are zero weights.
     pub fn from_q8_0_blocks(blocks: &[u8], out_dim: usize, in_dim: usize) -> Self {
-        const Q8_0_BYTES: usize = 2 + BLOCK;
         let blocks_per_row = in_dim / BLOCK;
         assert!(
             in_dim.is_multiple_of(BLOCK) && blocks.len() == out_dim * blocks_per_row * Q8_0_BYTES
@@ -108,7 +110,7 @@ impl PackedQ8 {
             .div_ceil(row_tasks)
             .clamp(1, panels);
         let panels_per_task = panels.div_ceil(panel_tasks);
-        let out_base = OutPtr(out.as_mut_ptr());
+        let out_base = SharedOut::new(&mut out);
         (0..row_tasks * panel_tasks)
             .into_par_iter()
             .for_each(|task| {
@@ -151,7 +153,7 @@ impl PackedQ8 {
         panel: usize,
         panels: usize,
         bias: Option<&[f32]>,
-        out: &OutPtr,
+        out: &SharedOut,
     ) {
         let blocks = self.in_dim / BLOCK;
         let first_out = panel * PANEL;
@@ -167,7 +169,7 @@ impl PackedQ8 {
             weights: self.bytes[panel * blocks * BLOCK_BYTES..].as_ptr(),
             blocks,
             bias: bias_lanes,
-            out: out.0.add(row * self.out_dim + first_out),
+            out: out.at(row * self.out_dim + first_out),
             out_stride: self.out_dim,
             width,
         };
@@ -234,11 +236,6 @@ impl QuantizedRows {
         quantized
     }
 }
-
-/// The output buffer, written by every task in disjoint tiles.
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint elements through it, and the buffer outlives them.
-unsafe impl Sync for OutPtr {}
 
 struct TileArgs {
     /// The tile's first input row; rows `in_dim` apart (= blocks · 32).

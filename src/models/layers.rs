@@ -131,8 +131,9 @@ fn quantized(weight: &Tensor) -> Result<LinearWeight> {
     quantized_from_blocks(blocks, out_dim, in_dim, weight.device())
 }
 
-/// The quantized weight for Q8_0 `blocks` of `out_dim` rows, padded with zero rows (all-zero
-/// bytes are a block of zeros) to whole tiles.
+/// The quantized weight for Q8_0 `blocks` of `out_dim` rows: packed for `int8` on CPUs
+/// that run it, else candle's, padded with zero rows (all-zero bytes are a block of zeros)
+/// to whole tiles.
 fn quantized_from_blocks(
     mut blocks: Vec<u8>,
     out_dim: usize,
@@ -155,9 +156,9 @@ fn quantized_from_blocks(
 /// candle's AVX512-VNNI kernel for Q8_0 takes weights in whole tiles of 16 rows (else it
 /// falls back to a 256-bit one at half the speed), so quantized weights are padded to that.
 const Q8_0_ROW_TILE: usize = 16;
-const Q8_0_BLOCK: usize = 32;
+pub(super) const Q8_0_BLOCK: usize = 32;
 /// An f16 scale and 32 signed bytes.
-const Q8_0_BYTES: usize = 2 + Q8_0_BLOCK;
+pub(super) const Q8_0_BYTES: usize = 2 + Q8_0_BLOCK;
 
 /// ggml's Q8_0 encoding of `values`: per block of 32, the scale `d = max|x| / 127` as f16
 /// and each value as `round(x / d)`, the rule of candle's `QTensor::quantize`, but spread
