@@ -141,6 +141,50 @@ impl SharedOut {
     }
 }
 
+/// Covers a product of `rows` input rows by `panels` panels of outputs with register
+/// tiles, `tile(row, tile_rows, panel, tile_panels)`, on all cores. Tasks take up to
+/// `task_rows` rows (which stay in cache while the task's panels pass by) and a run of
+/// whole panels; inside a task, tiles take up to `tile_rows` rows and `group(task_rows)`
+/// panels, or one at the end of a run, so every panel's weights meet all of the task's
+/// rows while they are in cache.
+pub fn for_each_tile(
+    rows: usize,
+    panels: usize,
+    task_rows: usize,
+    tile_rows: usize,
+    group: impl Fn(usize) -> usize + Sync,
+    tile: impl Fn(usize, usize, usize, usize) + Sync,
+) {
+    if rows == 0 || panels == 0 {
+        return;
+    }
+    let row_tasks = rows.div_ceil(task_rows);
+    // Enough tasks to share out.
+    let panel_tasks = (4 * rayon::current_num_threads())
+        .div_ceil(row_tasks)
+        .clamp(1, panels);
+    let panels_per_task = panels.div_ceil(panel_tasks);
+    (0..row_tasks * panel_tasks)
+        .into_par_iter()
+        .for_each(|task| {
+            let (row_task, panel_task) = (task / panel_tasks, task % panel_tasks);
+            let first_row = row_task * task_rows;
+            let rows_here = task_rows.min(rows - first_row);
+            let first_panel = panel_task * panels_per_task;
+            let end_panel = panels.min(first_panel + panels_per_task);
+            let group = group(rows_here);
+            let mut panel = first_panel;
+            while panel < end_panel {
+                let panels_here = if end_panel - panel >= group { group } else { 1 };
+                for offset in (0..rows_here).step_by(tile_rows) {
+                    let tile_rows = tile_rows.min(rows_here - offset);
+                    tile(first_row + offset, tile_rows, panel, panels_here);
+                }
+                panel += panels_here;
+            }
+        });
+}
+
 /// Runs `f` compiled for the widest vector unit the CPU has (AVX-512, else AVX2 + FMA),
 /// chosen at run time, so the portable loops inside `f` vectorize to it. `f` must be
 /// inlinable (a closure marked `#[inline(always)]`).

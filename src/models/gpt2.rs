@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::attention::{attention, split_heads};
 use super::kv_cache::KvCache;
-use super::layers::{self, Activation, Linear, Quantization};
+use super::layers::{self, Activation, Linear, Quantization, WordEmbeddings};
 
 /// config.json of `model_type` gpt2, with transformers' defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -121,12 +121,11 @@ impl Block {
 }
 
 pub struct Gpt2 {
-    wte: Embedding,
+    /// `wte` and the head (tied to it, or a separate `lm_head.weight`).
+    words: WordEmbeddings,
     wpe: Embedding,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
-    /// The tied word embeddings, or a separate `lm_head.weight`.
-    lm_head: Linear,
     config: Gpt2Config,
 }
 
@@ -145,21 +144,21 @@ impl Gpt2 {
         } else {
             vb.clone()
         };
-        let wte = candle_nn::embedding(config.vocab_size, config.n_embd, body.pp("wte"))?;
-        let lm_head = if vb.contains_tensor("lm_head.weight") {
-            vb.get((config.vocab_size, config.n_embd), "lm_head.weight")?
-        } else {
-            wte.embeddings().clone()
-        };
-        let lm_head = Linear::new(lm_head, None, q)?;
+        let vocab = (config.vocab_size, config.n_embd);
+        let wte = body.get(vocab, "wte.weight")?;
+        let head = vb
+            .contains_tensor("lm_head.weight")
+            .then(|| vb.get(vocab, "lm_head.weight"))
+            .transpose()?;
+        // First, while little else is loaded: packing holds the table twice for a moment.
+        let words = WordEmbeddings::new(wte, head, q)?;
         Ok(Gpt2 {
             wpe: candle_nn::embedding(config.n_positions, config.n_embd, body.pp("wpe"))?,
             blocks: (0..config.n_layer)
                 .map(|i| Block::load(body.pp("h").pp(i), config, i, q))
                 .collect::<Result<_>>()?,
             ln_f: layers::layer_norm(config.n_embd, config.layer_norm_epsilon, body.pp("ln_f"))?,
-            wte,
-            lm_head,
+            words,
             config: config.clone(),
         })
     }
@@ -199,7 +198,7 @@ impl Gpt2 {
         cache: &mut KvCache,
     ) -> Result<Tensor> {
         let new = input_ids.dim(1)?;
-        let mut xs = (self.wte.forward(input_ids)? + self.wpe.forward(position_ids)?)?;
+        let mut xs = (self.words.embed(input_ids)? + self.wpe.forward(position_ids)?)?;
         let bias = causal_bias(mask, cache.len(), new, xs.dtype())?;
         for (layer, block) in self.blocks.iter().enumerate() {
             xs = block.forward(&xs, &bias, cache, layer)?;
@@ -210,7 +209,7 @@ impl Gpt2 {
 
     /// Vocabulary logits for hidden states `(batch, seq, embd)` → `(batch, seq, vocab)`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.lm_head.forward(hidden)
+        self.words.logits(hidden)
     }
 }
 

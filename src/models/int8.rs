@@ -18,7 +18,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::fast_math::SharedOut;
+use super::fast_math::{for_each_tile, SharedOut};
 use super::layers::{Q8_0_BLOCK, Q8_0_BYTES};
 
 /// Outputs per panel: one 512-bit register of i32 or f32.
@@ -103,42 +103,25 @@ impl PackedQ8 {
             return out;
         }
         let input = QuantizedRows::new(x, rows, self.in_dim);
-        let panels = self.out_dim.div_ceil(PANEL);
-        let row_tasks = rows.div_ceil(TASK_ROWS);
-        // Enough tasks to share out, in runs of whole panels.
-        let panel_tasks = (4 * rayon::current_num_threads())
-            .div_ceil(row_tasks)
-            .clamp(1, panels);
-        let panels_per_task = panels.div_ceil(panel_tasks);
         let out_base = SharedOut::new(&mut out);
-        (0..row_tasks * panel_tasks)
-            .into_par_iter()
-            .for_each(|task| {
-                let (row_task, panel_task) = (task / panel_tasks, task % panel_tasks);
-                let first_row = row_task * TASK_ROWS;
-                let task_rows = TASK_ROWS.min(rows - first_row);
-                let first_panel = panel_task * panels_per_task;
-                let end_panel = panels.min(first_panel + panels_per_task);
-                // Several panels at once: each input value loaded serves all of them, and
-                // few rows still give enough independent sums that the multiply-adds do
-                // not wait on each other.
-                let group = if task_rows <= 2 { 4 } else { 2 };
-                let mut panel = first_panel;
-                while panel < end_panel {
-                    let panels_here = if end_panel - panel >= group { group } else { 1 };
-                    for tile in (0..task_rows).step_by(TILE_ROWS) {
-                        let row = first_row + tile;
-                        let tile_rows = TILE_ROWS.min(task_rows - tile);
-                        // SAFETY: the CPU has the features (checked above); the tile's rows
-                        // and panels lie inside `input`, `self.bytes` and `out`, and no
-                        // other task writes these outputs.
-                        unsafe {
-                            self.tile(&input, row, tile_rows, panel, panels_here, bias, &out_base)
-                        };
-                    }
-                    panel += panels_here;
-                }
-            });
+        // Several panels at once: each input value loaded serves all of them, and few
+        // rows still give enough independent sums that the multiply-adds do not wait on
+        // each other.
+        let group = |task_rows: usize| if task_rows <= 2 { 4 } else { 2 };
+        let tile = |row: usize, tile_rows: usize, panel: usize, panels: usize| {
+            // SAFETY: the CPU has the features (checked above); the tile's rows and panels
+            // lie inside `input`, `self.bytes` and `out`, and no other tile writes these
+            // outputs.
+            unsafe { self.tile(&input, row, tile_rows, panel, panels, bias, &out_base) };
+        };
+        for_each_tile(
+            rows,
+            self.out_dim.div_ceil(PANEL),
+            TASK_ROWS,
+            TILE_ROWS,
+            group,
+            tile,
+        );
         out
     }
 

@@ -3,13 +3,13 @@
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{LayerNorm, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::fast_math;
 #[cfg(target_arch = "x86_64")]
-use super::int8;
+use super::{int8, packed_f32};
 
 /// Activation functions by their transformers names (`hidden_act`, `activation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -70,11 +70,14 @@ pub struct Linear {
 enum LinearWeight {
     /// `(out, in)`, contiguous.
     Dense(Tensor),
+    /// f32 laid out for the AVX-512 kernels (CPUs that have them).
+    #[cfg(target_arch = "x86_64")]
+    PackedF32(packed_f32::PackedF32),
     /// Rows past `out_dim` are zero padding.
     Quantized { matmul: QMatMul, out_dim: usize },
     /// Q8_0 as well, laid out for the AVX512-VNNI kernels (CPUs that have them).
     #[cfg(target_arch = "x86_64")]
-    Packed(int8::PackedQ8),
+    PackedQ8(int8::PackedQ8),
 }
 
 /// Up to this many rows, products skip the GEMM's repacking of the weights
@@ -85,8 +88,8 @@ impl Linear {
     /// From a weight stored `(out, in)`, as `nn.Linear` stores it.
     pub fn new(weight: Tensor, bias: Option<Tensor>, quantization: Quantization) -> Result<Self> {
         let weight = match quantization {
-            Quantization::None => LinearWeight::Dense(weight.contiguous()?),
-            Quantization::Q8 => quantized(&weight)?,
+            Quantization::None => unquantized(weight)?,
+            Quantization::Q8 => quantized(weight)?,
         };
         Ok(Linear { weight, bias })
     }
@@ -107,6 +110,15 @@ impl Linear {
                 return Ok(Linear { weight, bias });
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        if quantization == Quantization::None && packs_f32(&weight) {
+            let packed =
+                |values: &[f32]| packed_f32::PackedF32::from_in_out(values, in_dim, out_dim);
+            if let Some(packed) = fast_math::with_f32_slice(&weight, packed)? {
+                let weight = LinearWeight::PackedF32(packed);
+                return Ok(Linear { weight, bias });
+            }
+        }
         let transposed = match fast_math::with_f32_slice(&weight, |values| {
             fast_math::transpose(values, in_dim, out_dim)
         })? {
@@ -117,11 +129,109 @@ impl Linear {
     }
 }
 
-/// Q8_0 needs rows that are whole blocks of 32; other shapes stay dense.
-fn quantized(weight: &Tensor) -> Result<LinearWeight> {
+/// Whether f32 weights go to the packed kernels: on CPUs that have them.
+#[cfg(target_arch = "x86_64")]
+fn packs_f32(weight: &Tensor) -> bool {
+    weight.device().is_cpu() && weight.dtype() == DType::F32 && packed_f32::supported()
+}
+
+/// An `(out, in)` weight kept at its precision: packed for the f32 kernels where they run.
+fn unquantized(weight: Tensor) -> Result<LinearWeight> {
+    #[cfg(target_arch = "x86_64")]
+    if packs_f32(&weight) {
+        let (out_dim, in_dim) = weight.dims2()?;
+        let packed = |values: &[f32]| packed_f32::PackedF32::new(values, out_dim, in_dim);
+        if let Some(packed) = fast_math::with_f32_slice(&weight, packed)? {
+            return Ok(LinearWeight::PackedF32(packed));
+        }
+    }
+    Ok(LinearWeight::Dense(weight.contiguous()?))
+}
+
+impl Linear {
+    /// The rows of the `(out, in)` weight for the outputs `ids`, shaped `ids` + `(in,)`, when
+    /// the weight is held packed in f32; `None` otherwise.
+    fn packed_rows(&self, ids: &Tensor) -> Result<Option<Tensor>> {
+        #[cfg(target_arch = "x86_64")]
+        if let LinearWeight::PackedF32(weight) = &self.weight {
+            let mut dims = ids.dims().to_vec();
+            let ids = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+            let mut rows = Vec::new();
+            for &id in &ids {
+                if id as usize >= weight.out_dim() {
+                    candle_core::bail!(
+                        "token id {id} is outside the vocabulary of {}",
+                        weight.out_dim()
+                    );
+                }
+                weight.extend_with_output(id as usize, &mut rows);
+            }
+            dims.push(rows.len() / ids.len().max(1));
+            return Ok(Some(Tensor::from_vec(
+                rows,
+                dims,
+                &candle_core::Device::Cpu,
+            )?));
+        }
+        Ok(None)
+    }
+}
+
+/// Word embeddings and the output head over the same vocabulary. When the two are tied and
+/// the head holds its weights packed in f32, lookups read the head's copy: the table is
+/// stored once.
+#[derive(Debug, Clone)]
+pub struct WordEmbeddings {
+    /// `None` when lookups go to `head`.
+    table: Option<Embedding>,
+    head: Linear,
+    dtype: DType,
+}
+
+impl WordEmbeddings {
+    /// `table` `(vocab, hidden)`, and the head's own `(vocab, hidden)` weight when it is not
+    /// tied to the table.
+    pub fn new(table: Tensor, head: Option<Tensor>, quantization: Quantization) -> Result<Self> {
+        let (dtype, hidden) = (table.dtype(), table.dim(1)?);
+        let tied = head.is_none();
+        let head = Linear::new(head.unwrap_or_else(|| table.clone()), None, quantization)?;
+        #[cfg(target_arch = "x86_64")]
+        let shares_head = tied && matches!(head.weight, LinearWeight::PackedF32(_));
+        #[cfg(not(target_arch = "x86_64"))]
+        let shares_head = false;
+        Ok(WordEmbeddings {
+            table: (!shares_head).then(|| Embedding::new(table, hidden)),
+            head,
+            dtype,
+        })
+    }
+
+    /// `(ids.., hidden)` embeddings of token `ids`.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        match &self.table {
+            Some(table) => table.forward(ids),
+            None => self.head.packed_rows(ids)?.ok_or_else(|| {
+                candle_core::Error::Msg("tied embeddings need the packed head".into())
+            }),
+        }
+    }
+
+    /// Logits over the vocabulary for hidden states `(.., hidden)`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.head.forward(hidden)
+    }
+
+    /// The dtype of the weights.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+}
+
+/// Q8_0 needs rows that are whole blocks of 32; other shapes keep their precision.
+fn quantized(weight: Tensor) -> Result<LinearWeight> {
     let (out_dim, in_dim) = weight.dims2()?;
     if in_dim % Q8_0_BLOCK != 0 {
-        return Ok(LinearWeight::Dense(weight.contiguous()?));
+        return unquantized(weight);
     }
     let weight = weight.to_dtype(DType::F32)?;
     let blocks = match fast_math::with_f32_slice(&weight, q8_0_blocks)? {
@@ -143,7 +253,7 @@ fn quantized_from_blocks(
     #[cfg(target_arch = "x86_64")]
     if device.is_cpu() && int8::supported() {
         let packed = int8::PackedQ8::from_q8_0_blocks(&blocks, out_dim, in_dim);
-        return Ok(LinearWeight::Packed(packed));
+        return Ok(LinearWeight::PackedQ8(packed));
     }
     let rows = out_dim.next_multiple_of(Q8_0_ROW_TILE);
     blocks.resize(rows * in_dim / Q8_0_BLOCK * Q8_0_BYTES, 0);
@@ -291,7 +401,17 @@ impl Module for Linear {
                 None => plus_bias(rows.matmul(&weight.t()?)?)?,
             },
             #[cfg(target_arch = "x86_64")]
-            LinearWeight::Packed(weight) => packed_product(&rows, weight, self.bias.as_ref())?,
+            LinearWeight::PackedF32(weight) => {
+                let product =
+                    |x: &[f32], n: usize, bias: Option<&[f32]>| weight.product(x, n, bias);
+                packed_product(&rows, weight.out_dim(), self.bias.as_ref(), product)?
+            }
+            #[cfg(target_arch = "x86_64")]
+            LinearWeight::PackedQ8(weight) => {
+                let product =
+                    |x: &[f32], n: usize, bias: Option<&[f32]>| weight.product(x, n, bias);
+                packed_product(&rows, weight.out_dim(), self.bias.as_ref(), product)?
+            }
             LinearWeight::Quantized { matmul, out_dim } => {
                 let ys = matmul.forward(&rows)?;
                 plus_bias(if ys.dim(1)? == *out_dim {
@@ -306,19 +426,24 @@ impl Module for Linear {
     }
 }
 
-/// `rows` `(n, in)` times a packed Q8_0 weight, plus `bias`, in f32 (other dtypes are
-/// converted there and back).
+/// `rows` `(n, in)` times a packed weight of `out_dim` outputs, plus `bias`, by the
+/// weight's `product`, in f32 (other dtypes are converted there and back).
 #[cfg(target_arch = "x86_64")]
-fn packed_product(rows: &Tensor, weight: &int8::PackedQ8, bias: Option<&Tensor>) -> Result<Tensor> {
+fn packed_product(
+    rows: &Tensor,
+    out_dim: usize,
+    bias: Option<&Tensor>,
+    product: impl FnOnce(&[f32], usize, Option<&[f32]>) -> Vec<f32>,
+) -> Result<Tensor> {
     let dtype = rows.dtype();
     let rows = rows.to_dtype(DType::F32)?;
     let bias = bias
         .map(|b| b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
         .transpose()?;
     let n = rows.dim(0)?;
-    let ys = fast_math::with_f32_slice(&rows, |x| weight.product(x, n, bias.as_deref()))?
-        .ok_or_else(|| candle_core::Error::Msg("packed Q8_0 weights need CPU input".into()))?;
-    Tensor::from_vec(ys, (n, weight.out_dim()), rows.device())?.to_dtype(dtype)
+    let ys = fast_math::with_f32_slice(&rows, |x| product(x, n, bias.as_deref()))?
+        .ok_or_else(|| candle_core::Error::Msg("packed weights need CPU input".into()))?;
+    Tensor::from_vec(ys, (n, out_dim), rows.device())?.to_dtype(dtype)
 }
 
 /// `rows` `(n, in)` times `weight` `(out, in)` transposed, plus `bias`, on the CPU in f32:
@@ -534,16 +659,54 @@ mod tests {
         let device = Device::Cpu;
         let weight = Tensor::randn(0f32, 0.1, (40, 64), &device)?;
         let bias = Tensor::randn(0f32, 0.1, 40, &device)?;
-        let dense = Linear::new(weight.clone(), Some(bias.clone()), Quantization::None)?;
+        let f32_weights = Linear::new(weight.clone(), Some(bias.clone()), Quantization::None)?;
+        // The kernels of CPUs without AVX-512: few rows take the skinny kernel, many the GEMM.
+        let dense = Linear {
+            weight: LinearWeight::Dense(weight.clone()),
+            bias: Some(bias.clone()),
+        };
         let quantized = Linear::new(weight.clone(), Some(bias.clone()), Quantization::Q8)?;
-        // Few rows take the skinny kernel, many rows the GEMM.
         for rows in [1, 3, 16, 17, 40] {
             let xs = Tensor::randn(0f32, 1.0, (rows, 64), &device)?;
             let want = xs.matmul(&weight.t()?)?.broadcast_add(&bias)?;
             let gap =
                 |ys: Tensor| -> Result<f32> { (ys - &want)?.abs()?.max_all()?.to_scalar::<f32>() };
-            assert!(gap(dense.forward(&xs)?)? < 1e-5, "f32, {rows} rows");
+            assert!(gap(f32_weights.forward(&xs)?)? < 1e-5, "f32, {rows} rows");
+            assert!(gap(dense.forward(&xs)?)? < 1e-5, "dense f32, {rows} rows");
             assert!(gap(quantized.forward(&xs)?)? < 0.05, "q8, {rows} rows");
+        }
+        Ok(())
+    }
+
+    /// Tied or not, packed head or quantized: lookups give the table's rows, the head its
+    /// product, and an id past the vocabulary an error.
+    #[test]
+    fn word_embeddings_look_up_the_table_and_multiply_by_it() -> Result<()> {
+        let device = Device::Cpu;
+        let table = Tensor::randn(0f32, 1.0, (40, 64), &device)?;
+        let ids = Tensor::new(&[[3u32, 0, 39], [7, 7, 1]], &device)?;
+        let hidden = Tensor::randn(0f32, 1.0, (2, 64), &device)?;
+        let want_rows = Embedding::new(table.clone(), 64)
+            .forward(&ids)?
+            .to_vec3::<f32>()?;
+        let want_logits = hidden.matmul(&table.t()?)?;
+        let largest = want_logits.abs()?.max_all()?.to_scalar::<f32>()?;
+        for quantization in [Quantization::None, Quantization::Q8] {
+            for head in [None, Some(table.clone())] {
+                let words = WordEmbeddings::new(table.clone(), head, quantization)?;
+                assert_eq!(words.embed(&ids)?.to_vec3::<f32>()?, want_rows);
+                let gap = (words.logits(&hidden)? - &want_logits)?
+                    .abs()?
+                    .max_all()?
+                    .to_scalar::<f32>()?;
+                // Q8_0 rounds weights and inputs to 8 bits: a few percent of the largest logit.
+                let bound = match quantization {
+                    Quantization::None => 1e-4,
+                    Quantization::Q8 => 0.03 * largest,
+                };
+                assert!(gap < bound, "{quantization:?}: {gap}");
+                assert!(words.embed(&Tensor::new(&[40u32], &device)?).is_err());
+            }
         }
         Ok(())
     }

@@ -14,6 +14,8 @@ mod heads;
 mod int8;
 pub mod kv_cache;
 mod layers;
+#[cfg(target_arch = "x86_64")]
+mod packed_f32;
 pub mod t5;
 mod weights;
 

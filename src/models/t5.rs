@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::attention::{attention, split_heads};
 use super::kv_cache::KvCache;
-use super::layers::{self, Activation, Linear, Quantization};
+use super::layers::{self, Activation, Linear, Quantization, WordEmbeddings};
 
 /// config.json of `model_type` t5, with transformers' defaults for what it omits.
 #[derive(Debug, Clone, Deserialize)]
@@ -303,15 +303,14 @@ struct DecoderBlock {
 }
 
 pub struct T5 {
-    shared: Embedding,
+    /// The shared embeddings and the head (tied to them in v1.0, `lm_head.weight` in v1.1).
+    words: WordEmbeddings,
     encoder: Vec<EncoderBlock>,
     encoder_bias: PositionBias,
     encoder_norm: RmsNorm,
     decoder: Vec<DecoderBlock>,
     decoder_bias: PositionBias,
     decoder_norm: RmsNorm,
-    /// The shared embeddings when tied, else `lm_head.weight`.
-    lm_head: Linear,
     /// v1.0's tied head sees the decoder output scaled by d_model^-0.5.
     head_scale: f64,
     config: T5Config,
@@ -320,7 +319,17 @@ pub struct T5 {
 impl T5 {
     pub fn load(vb: VarBuilder, cfg: &T5Config, quantization: Quantization) -> Result<Self> {
         cfg.feed_forward().map_err(candle_core::Error::msg)?;
-        let shared = candle_nn::embedding(cfg.vocab_size, cfg.d_model, vb.pp("shared"))?;
+        // First, while little else is loaded: packing holds the table twice for a moment.
+        let shared = vb.get((cfg.vocab_size, cfg.d_model), "shared.weight")?;
+        let (head, head_scale) = if cfg.tie_word_embeddings {
+            (None, (cfg.d_model as f64).powf(-0.5))
+        } else {
+            (
+                Some(vb.get((cfg.vocab_size, cfg.d_model), "lm_head.weight")?),
+                1.0,
+            )
+        };
+        let words = WordEmbeddings::new(shared, head, quantization)?;
         let bias = |stack: &str, direction| -> Result<PositionBias> {
             Ok(PositionBias {
                 embedding: candle_nn::embedding(
@@ -364,24 +373,14 @@ impl T5 {
                 })
             })
             .collect::<Result<_>>()?;
-        let (lm_head, head_scale) = if cfg.tie_word_embeddings {
-            (shared.embeddings().clone(), (cfg.d_model as f64).powf(-0.5))
-        } else {
-            (
-                vb.get((cfg.vocab_size, cfg.d_model), "lm_head.weight")?,
-                1.0,
-            )
-        };
-        let lm_head = Linear::new(lm_head, None, quantization)?;
         Ok(T5 {
             encoder_bias: bias("encoder", Direction::Both)?,
             encoder_norm: RmsNorm::load(vb.pp("encoder.final_layer_norm"), cfg)?,
             decoder_bias: bias("decoder", Direction::Past)?,
             decoder_norm: RmsNorm::load(vb.pp("decoder.final_layer_norm"), cfg)?,
-            shared,
+            words,
             encoder,
             decoder,
-            lm_head,
             head_scale,
             config: cfg.clone(),
         })
@@ -394,7 +393,7 @@ impl T5 {
     /// Encoder hidden states `(batch, seq, d_model)` for `input_ids` with `mask` (1 = attend).
     pub fn encode(&self, input_ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let seq = input_ids.dim(1)?;
-        let mut xs = self.shared.forward(input_ids)?;
+        let mut xs = self.words.embed(input_ids)?;
         let bias = self
             .encoder_bias
             .forward(seq, seq, 0, xs.device())?
@@ -427,7 +426,7 @@ impl T5 {
     ) -> Result<Tensor> {
         let new = input_ids.dim(1)?;
         let past = cache.len();
-        let mut xs = self.shared.forward(input_ids)?;
+        let mut xs = self.words.embed(input_ids)?;
         let dtype = xs.dtype();
         let mut bias = self
             .decoder_bias
@@ -464,7 +463,7 @@ impl T5 {
 
     /// Vocabulary logits `(rows, seq, vocab)` for decoder hidden states.
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.lm_head.forward(&(hidden * self.head_scale)?)
+        self.words.logits(&(hidden * self.head_scale)?)
     }
 }
 
@@ -536,7 +535,7 @@ impl<'a> T5Session<'a> {
             cfg.num_heads,
             cfg.d_kv,
             max_new,
-            model.shared.embeddings().dtype(),
+            model.words.dtype(),
             &device,
         )?;
         Ok(T5Session {
