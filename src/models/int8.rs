@@ -25,9 +25,9 @@ use super::layers::{Q8_0_BLOCK, Q8_0_BYTES};
 const PANEL: usize = 16;
 /// Input values per block, as in Q8_0.
 const BLOCK: usize = Q8_0_BLOCK;
-/// One (panel, block): 16 f16 weight scales, then the 32 x 16 offset weight bytes, four
-/// consecutive inputs of each output together (the order `vpdpbusd` reads).
-const BLOCK_BYTES: usize = PANEL * 2 + PANEL * BLOCK;
+/// Weight lines per (panel, block): each holds four consecutive inputs of the 16 outputs,
+/// an output's four together (the order `vpdpbusd` reads).
+const LINES: usize = BLOCK / 4;
 /// Input rows per register tile. With two panels that is 12 f32 and 12 i32 sums, which
 /// stay in the 32 vector registers beside the weights (measured: 6 x 2 outran 8 x 1).
 const TILE_ROWS: usize = 6;
@@ -41,13 +41,26 @@ pub fn supported() -> bool {
         && is_x86_feature_detected!("avx512vnni")
 }
 
+/// 64 offset weight bytes: four inputs of a panel's 16 outputs, one aligned cache line
+/// (a load that straddles two lines costs two).
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// The 16 f16 weight scales of a (panel, block).
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(32))]
+struct Scales([u8; PANEL * 2]);
+
 /// A Q8_0 weight `(out_dim, in_dim)` laid out in panels of 16 outputs for the kernel.
 #[derive(Debug, Clone)]
 pub struct PackedQ8 {
     out_dim: usize,
     in_dim: usize,
-    /// Per panel, per block of inputs, `BLOCK_BYTES` bytes.
-    bytes: Vec<u8>,
+    /// Per panel, per block of inputs, `LINES` lines.
+    lines: Vec<Line>,
+    /// Per panel, per block of inputs.
+    scales: Vec<Scales>,
 }
 
 impl PackedQ8 {
@@ -59,24 +72,24 @@ impl PackedQ8 {
         assert!(
             in_dim.is_multiple_of(BLOCK) && blocks.len() == out_dim * blocks_per_row * Q8_0_BYTES
         );
-        let panel_bytes = blocks_per_row * BLOCK_BYTES;
-        let mut bytes = vec![0u8; out_dim.div_ceil(PANEL) * panel_bytes];
-        bytes
-            .par_chunks_mut(panel_bytes)
+        let panels = out_dim.div_ceil(PANEL);
+        // Absent outputs: scale 0 and offset zero weights.
+        let mut lines = vec![Line([128; 64]); panels * blocks_per_row * LINES];
+        let mut scales = vec![Scales([0; PANEL * 2]); panels * blocks_per_row];
+        lines
+            .par_chunks_mut(blocks_per_row * LINES)
+            .zip(scales.par_chunks_mut(blocks_per_row))
             .enumerate()
-            .for_each(|(panel, out)| {
-                for (b, out) in out.chunks_exact_mut(BLOCK_BYTES).enumerate() {
-                    let (scales, quants) = out.split_at_mut(PANEL * 2);
-                    // Absent outputs: scale 0 and offset zero weights.
-                    quants.fill(128);
+            .for_each(|(panel, (lines, scales))| {
+                let block_lines = lines.chunks_exact_mut(LINES);
+                for (b, (lines, scales)) in block_lines.zip(scales).enumerate() {
                     for c in 0..PANEL.min(out_dim - panel * PANEL) {
                         let row = panel * PANEL + c;
                         let at = (row * blocks_per_row + b) * Q8_0_BYTES;
                         let block = &blocks[at..at + Q8_0_BYTES];
-                        scales[2 * c..2 * c + 2].copy_from_slice(&block[..2]);
+                        scales.0[2 * c..2 * c + 2].copy_from_slice(&block[..2]);
                         for (k, &q) in block[2..].iter().enumerate() {
-                            quants[(k / 4) * PANEL * 4 + c * 4 + k % 4] =
-                                (q as i8 as i16 + 128) as u8;
+                            lines[k / 4].0[c * 4 + k % 4] = (q as i8 as i16 + 128) as u8;
                         }
                     }
                 }
@@ -84,7 +97,8 @@ impl PackedQ8 {
         PackedQ8 {
             out_dim,
             in_dim,
-            bytes,
+            lines,
+            scales,
         }
     }
 
@@ -110,8 +124,8 @@ impl PackedQ8 {
         let group = |task_rows: usize| if task_rows <= 2 { 4 } else { 2 };
         let tile = |row: usize, tile_rows: usize, panel: usize, panels: usize| {
             // SAFETY: the CPU has the features (checked above); the tile's rows and panels
-            // lie inside `input`, `self.bytes` and `out`, and no other tile writes these
-            // outputs.
+            // lie inside `input`, `self.lines`, `self.scales` and `out`, and no other tile
+            // writes these outputs.
             unsafe { self.tile(&input, row, tile_rows, panel, panels, bias, &out_base) };
         };
         for_each_tile(
@@ -149,7 +163,8 @@ impl PackedQ8 {
             quants: input.quants[row * self.in_dim..].as_ptr(),
             scales: input.scales[row * blocks..].as_ptr(),
             corrections: input.corrections[row * blocks..].as_ptr(),
-            weights: self.bytes[panel * blocks * BLOCK_BYTES..].as_ptr(),
+            lines: self.lines[panel * blocks * LINES..].as_ptr().cast(),
+            weight_scales: self.scales[panel * blocks..].as_ptr().cast(),
             blocks,
             bias: bias_lanes,
             out: out.at(row * self.out_dim + first_out),
@@ -225,8 +240,10 @@ struct TileArgs {
     quants: *const i8,
     scales: *const f32,
     corrections: *const i32,
-    /// The first panel's first block; panels `blocks · BLOCK_BYTES` apart.
-    weights: *const u8,
+    /// The first panel's first block's lines (panels `blocks · LINES` lines apart) and
+    /// scales (`blocks` apart).
+    lines: *const u8,
+    weight_scales: *const u8,
     blocks: usize,
     /// For up to four panels.
     bias: [f32; 4 * PANEL],
@@ -240,7 +257,7 @@ struct TileArgs {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn kernel<const R: usize, const P: usize>(args: &TileArgs) {
     let in_dim = args.blocks * BLOCK;
-    let panel_bytes = args.blocks * BLOCK_BYTES;
+    let panel_bytes = args.blocks * LINES * 64;
     let mut sums = [[_mm512_setzero_ps(); P]; R];
     for row in sums.iter_mut() {
         for (p, sum) in row.iter_mut().enumerate() {
@@ -248,7 +265,8 @@ unsafe fn kernel<const R: usize, const P: usize>(args: &TileArgs) {
         }
     }
     for b in 0..args.blocks {
-        let block = |p: usize| args.weights.add(p * panel_bytes + b * BLOCK_BYTES);
+        let lines = |p: usize| args.lines.add(p * panel_bytes + b * LINES * 64);
+        let scales_of = |p: usize| args.weight_scales.add((p * args.blocks + b) * PANEL * 2);
         let mut dots = [[_mm512_setzero_si512(); P]; R];
         for (r, row) in dots.iter_mut().enumerate() {
             let correction = _mm512_set1_epi32(*args.corrections.add(r * args.blocks + b));
@@ -257,7 +275,7 @@ unsafe fn kernel<const R: usize, const P: usize>(args: &TileArgs) {
         for group in 0..BLOCK / 4 {
             let mut weights = [_mm512_setzero_si512(); P];
             for (p, w) in weights.iter_mut().enumerate() {
-                *w = _mm512_loadu_si512(block(p).add(PANEL * 2 + group * PANEL * 4).cast());
+                *w = _mm512_load_si512(lines(p).add(group * 64).cast());
             }
             for (r, row) in dots.iter_mut().enumerate() {
                 let x = args.quants.add(r * in_dim + b * BLOCK + group * 4);
@@ -268,7 +286,7 @@ unsafe fn kernel<const R: usize, const P: usize>(args: &TileArgs) {
             }
         }
         for p in 0..P {
-            let weight_scales = _mm512_cvtph_ps(_mm256_loadu_si256(block(p).cast()));
+            let weight_scales = _mm512_cvtph_ps(_mm256_load_si256(scales_of(p).cast()));
             for (r, (sums, dots)) in sums.iter_mut().zip(&dots).enumerate() {
                 let scale = _mm512_mul_ps(
                     weight_scales,
