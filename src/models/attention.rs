@@ -24,6 +24,10 @@ const FUSED_MAX_QUERIES: usize = 8;
 /// `keys`, `values` and `bias` may instead have one row per group of consecutive query
 /// rows (`batch / keys.dim(0)` of them: the beams of one input, which share an encoder
 /// output), so that beams need no copies of the cross-attention keys and values.
+///
+/// Keys that stay fixed over many decoding steps (cross-attention) are best stored
+/// dimension-major (`keys_by_dimension`): a step then scores all keys of a head with
+/// vector multiply-adds, where key-major storage needs a horizontal sum per key.
 pub fn attention(
     query: &Tensor,
     keys: &Tensor,
@@ -50,7 +54,8 @@ pub fn attention(
             return Ok(t.clone());
         }
         let rows: Vec<u32> = (0..batch as u32).map(|r| r / group as u32).collect();
-        t.index_select(&Tensor::new(rows, t.device())?, 0)
+        t.contiguous()?
+            .index_select(&Tensor::new(rows, t.device())?, 0)
     };
     let (keys, values, bias) = (repeat(keys)?, repeat(values)?, repeat(bias)?);
     if fast {
@@ -77,6 +82,12 @@ pub fn split_heads<const N: usize>(
     parts
         .try_into()
         .map_err(|_| candle_core::Error::Msg("split_heads made the wrong number of parts".into()))
+}
+
+/// `keys` `(batch, heads, k_len, head_dim)` as a view of dimension-major storage (stride 1
+/// along `k_len`), the layout decoding steps score fastest; see `attention`.
+pub fn keys_by_dimension(keys: &Tensor) -> Result<Tensor> {
+    keys.transpose(2, 3)?.contiguous()?.transpose(2, 3)
 }
 
 /// Batched matmuls and softmax as candle ops: other devices and dtypes.
@@ -133,9 +144,10 @@ fn gemm_cpu(
                 let (b, h) = (task / heads, task % heads);
                 let (q_head, k_head) = (&q.data[q.at(b, h, 0)..], &k.data[k.at(b, h, 0)..]);
                 // SAFETY: `scores` is q_len x k_len, row-major. Query rows i < q_len of head h
-                // start at q.at(b, h, i) with head_dim contiguous values (`unit_last`), and
-                // likewise the key rows: all inside their storage by the shapes checked above.
-                // The keys are read as the transposed head_dim x k_len matrix.
+                // start at q.at(b, h, i) with head_dim contiguous values (`unit_last`); key
+                // (j, d) is at k.at(b, h, j) + d · k.strides[3]: all inside their storage by
+                // the shapes checked above. The keys are read as the transposed head_dim x
+                // k_len matrix.
                 unsafe {
                     gemm::gemm(
                         q_len,
@@ -150,7 +162,7 @@ fn gemm_cpu(
                         stride(q.strides[2]),
                         k_head.as_ptr(),
                         stride(k.strides[2]),
-                        1,
+                        stride(k.strides[3]),
                         0.0,
                         1.0,
                         false,
@@ -214,8 +226,9 @@ fn gemm_cpu(
     Tensor::from_vec(out, (batch, q_len, width), query.device())
 }
 
-/// Runs `f` on CPU f32 views of the attention operands, each with its head dimension made
-/// contiguous (the others may stride anywhere).
+/// Runs `f` on CPU f32 views of the attention operands: query and values with their head
+/// dimension made contiguous, keys with that or their key dimension contiguous (the other
+/// dimensions may stride anywhere).
 fn with_views<R>(
     query: &Tensor,
     keys: &Tensor,
@@ -223,7 +236,12 @@ fn with_views<R>(
     bias: &Tensor,
     f: impl FnOnce(View, View, View, View) -> R,
 ) -> Result<R> {
-    let (query, keys, values) = (unit_last(query)?, unit_last(keys)?, unit_last(values)?);
+    let keys = if keys.stride()[2] == 1 {
+        keys.clone()
+    } else {
+        unit_last(keys)?
+    };
+    let (query, keys, values) = (unit_last(query)?, keys, unit_last(values)?);
     let (q_storage, q_layout) = query.storage_and_layout();
     let (k_storage, k_layout) = keys.storage_and_layout();
     let (v_storage, v_layout) = values.storage_and_layout();
@@ -281,6 +299,7 @@ fn fused_cpu(
     let bias = bias.broadcast_as((batch / group, heads, q_len, k_len))?;
     let width = heads * head_dim;
     let out = with_views(query, keys, values, &bias, |q, k, v, bias| {
+        let by_dimension = k.strides[3] != 1;
         let mut out = vec![0f32; batch * q_len * width];
         // One task per (batch row, query position): it writes one contiguous output row.
         out.par_chunks_mut(width).enumerate().for_each_init(
@@ -294,9 +313,14 @@ fn fused_cpu(
                         let kb = b / group;
                         for h in 0..heads {
                             let q_row = &q.data[q.at(b, h, i)..][..head_dim];
-                            for (j, score) in raw.iter_mut().enumerate() {
-                                let k_row = &k.data[k.at(kb, h, j)..][..head_dim];
-                                *score = fast_math::dot(q_row, k_row);
+                            if by_dimension {
+                                let keys = &k.data[k.at(kb, h, 0)..];
+                                fast_math::dots_by_dimension(q_row, keys, k.strides[3], raw);
+                            } else {
+                                for (j, score) in raw.iter_mut().enumerate() {
+                                    let k_row = &k.data[k.at(kb, h, j)..][..head_dim];
+                                    *score = fast_math::dot(q_row, k_row);
+                                }
                             }
                             let bias_row = &bias.data[bias.at(kb, h, i)..];
                             fast_math::biased_softmax(raw, scale, bias_row, bias.strides[3], probs);
@@ -343,10 +367,14 @@ mod tests {
         )?;
         let padding = ((mask - 1.0)? * 1e30)?.reshape((batch, 1, 1, k_len))?;
         let position = Tensor::randn(0f32, 1.0, (1, heads, q_len, k_len), &device)?;
+        let by_dimension = keys_by_dimension(&keys)?;
+        assert_eq!(by_dimension.stride()[2], 1);
         for bias in [padding.clone(), padding.broadcast_add(&position)?] {
             let reference = with_candle_ops(&query, &keys, &values, &bias, 0.25)?;
             let fused = fused_cpu(&query, &keys, &values, &bias, 0.25, 1)?;
             let gemms = gemm_cpu(&query, &keys, &values, &bias, 0.25)?;
+            let fused_by_dimension = fused_cpu(&query, &by_dimension, &values, &bias, 0.25, 1)?;
+            let gemms_by_dimension = gemm_cpu(&query, &by_dimension, &values, &bias, 0.25)?;
             let lone_row = gemm_cpu(
                 &query.narrow(0, 1, 1)?,
                 &keys.narrow(0, 1, 1)?,
@@ -356,7 +384,12 @@ mod tests {
             )?;
             let gap = (lone_row - reference.narrow(0, 1, 1)?)?.abs()?.max_all()?;
             assert!(gap.to_scalar::<f32>()? < 1e-5, "GEMM attention on one row");
-            for (path, got) in [("fused", fused), ("GEMMs", gemms)] {
+            for (path, got) in [
+                ("fused", fused),
+                ("GEMMs", gemms),
+                ("fused, keys by dimension", fused_by_dimension),
+                ("GEMMs, keys by dimension", gemms_by_dimension),
+            ] {
                 let gap = (got - &reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
                 assert!(
                     gap < 1e-5,
@@ -388,9 +421,11 @@ mod tests {
                 &repeated(&bias)?,
                 0.5,
             )?;
-            let got = attention(&query, &keys, &values, &bias, 0.5)?;
-            let gap = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(gap < 1e-5, "{q_len} query positions: {gap}");
+            for keys in [keys.clone(), keys_by_dimension(&keys)?] {
+                let got = attention(&query, &keys, &values, &bias, 0.5)?;
+                let gap = (&got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(gap < 1e-5, "{q_len} query positions: {gap}");
+            }
         }
         Ok(())
     }

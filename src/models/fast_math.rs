@@ -272,6 +272,38 @@ pub fn biased_softmax(
     }
 }
 
+/// `scores[j] = q · k_j` for keys stored dimension-major: value `d` of key `j` at
+/// `keys[d * stride + j]`. Blocks of 64 keys keep their sums in registers while every
+/// dimension adds its broadcast query value times 64 keys; no horizontal sums.
+#[inline(always)]
+pub fn dots_by_dimension(q: &[f32], keys: &[f32], stride: usize, scores: &mut [f32]) {
+    const LANES: usize = 16;
+    const BLOCK: usize = 4 * LANES;
+    let first = scores.len() / BLOCK * BLOCK;
+    let (blocks, tail) = scores.split_at_mut(first);
+    for (b, block) in blocks.chunks_exact_mut(BLOCK).enumerate() {
+        let mut acc = [[0f32; LANES]; 4];
+        for (d, &x) in q.iter().enumerate() {
+            let row = as_lanes(&keys[d * stride + b * BLOCK..][..BLOCK]);
+            for (acc, row) in acc.iter_mut().zip(row) {
+                for l in 0..LANES {
+                    acc[l] += x * row[l];
+                }
+            }
+        }
+        for (out, acc) in block.chunks_exact_mut(LANES).zip(&acc) {
+            out.copy_from_slice(acc);
+        }
+    }
+    tail.fill(0.0);
+    for (d, &x) in q.iter().enumerate() {
+        let row = &keys[d * stride + first..][..tail.len()];
+        for (score, &k) in tail.iter_mut().zip(row) {
+            *score += x * k;
+        }
+    }
+}
+
 /// A dot product in four independent 16-lane accumulators, so it stays in vector registers
 /// and no add waits on the one before (a single accumulator is bound by the add latency),
 /// summed as a tree.
@@ -512,6 +544,30 @@ mod tests {
             let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
             let want: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(x * y)).sum();
             assert!((f64::from(dot(&a, &b)) - want).abs() < 1e-4, "length {len}");
+        }
+    }
+
+    #[test]
+    fn dots_by_dimension_score_every_key() {
+        let head_dim = 24;
+        for keys in [0, 1, 63, 64, 65, 130] {
+            // Stored dimension-major with room past the last key, as a cache view would be.
+            let stride = keys + 3;
+            let stored: Vec<f32> = (0..head_dim * stride)
+                .map(|i| (i as f32 * 0.29).sin())
+                .collect();
+            let q: Vec<f32> = (0..head_dim).map(|d| (d as f32 * 0.7).cos()).collect();
+            let mut scores = vec![f32::NAN; keys];
+            dots_by_dimension(&q, &stored, stride, &mut scores);
+            for (j, &score) in scores.iter().enumerate() {
+                let want: f64 = (0..head_dim)
+                    .map(|d| f64::from(q[d] * stored[d * stride + j]))
+                    .sum();
+                assert!(
+                    (f64::from(score) - want).abs() < 1e-4,
+                    "{keys} keys, key {j}"
+                );
+            }
         }
     }
 

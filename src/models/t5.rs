@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
-use super::attention::{attention, split_heads};
+use super::attention::{attention, keys_by_dimension, split_heads};
 use super::kv_cache::KvCache;
 use super::layers::{self, Activation, Linear, Quantization, WordEmbeddings};
 
@@ -413,7 +413,11 @@ impl T5 {
     fn cross_keys_values(&self, encoded: &Tensor) -> Result<Vec<(Tensor, Tensor)>> {
         self.decoder
             .iter()
-            .map(|block| block.cross_attention.keys_values(encoded))
+            .map(|block| {
+                let (keys, values) = block.cross_attention.keys_values(encoded)?;
+                // Every decoding step reads them: stored the way steps score fastest.
+                Ok((keys_by_dimension(&keys)?, values))
+            })
             .collect()
     }
 
