@@ -315,7 +315,7 @@ fn fused_cpu(
                             let q_row = &q.data[q.at(b, h, i)..][..head_dim];
                             if by_dimension {
                                 let keys = &k.data[k.at(kb, h, 0)..];
-                                fast_math::dots_by_dimension(q_row, keys, k.strides[3], raw);
+                                fast_math::weighted_sum(q_row, keys, k.strides[3], raw);
                             } else {
                                 for (j, score) in raw.iter_mut().enumerate() {
                                     let k_row = &k.data[k.at(kb, h, j)..][..head_dim];
@@ -325,11 +325,8 @@ fn fused_cpu(
                             let bias_row = &bias.data[bias.at(kb, h, i)..];
                             fast_math::biased_softmax(raw, scale, bias_row, bias.strides[3], probs);
                             let out_head = &mut out_row[h * head_dim..][..head_dim];
-                            out_head.fill(0.0);
-                            for (j, &p) in probs.iter().enumerate() {
-                                let v_row = &v.data[v.at(kb, h, j)..][..head_dim];
-                                axpy(p, v_row, out_head);
-                            }
+                            let values = &v.data[v.at(kb, h, 0)..];
+                            fast_math::weighted_sum(probs, values, v.strides[2], out_head);
                         }
                     },
                 )
@@ -338,14 +335,6 @@ fn fused_cpu(
         out
     })?;
     Tensor::from_vec(out, (batch, q_len, width), query.device())
-}
-
-/// `y += alpha · x`.
-#[inline(always)]
-fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += alpha * x;
-    }
 }
 
 #[cfg(test)]

@@ -272,19 +272,21 @@ pub fn biased_softmax(
     }
 }
 
-/// `scores[j] = q · k_j` for keys stored dimension-major: value `d` of key `j` at
-/// `keys[d * stride + j]`. Blocks of 64 keys keep their sums in registers while every
-/// dimension adds its broadcast query value times 64 keys; no horizontal sums.
+/// `out[c] = Σ_i weights[i] · rows[i * stride + c]`: the weighted sum of rows. Attention
+/// takes its values this way, and its scores from keys stored dimension-major (row `d`
+/// holds value `d` of every key; the weights are the query). Blocks of 64 columns keep
+/// their sums in registers while every row adds its broadcast weight times the block: no
+/// horizontal sums, no stores until the end.
 #[inline(always)]
-pub fn dots_by_dimension(q: &[f32], keys: &[f32], stride: usize, scores: &mut [f32]) {
+pub fn weighted_sum(weights: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
     const LANES: usize = 16;
     const BLOCK: usize = 4 * LANES;
-    let first = scores.len() / BLOCK * BLOCK;
-    let (blocks, tail) = scores.split_at_mut(first);
+    let first = out.len() / BLOCK * BLOCK;
+    let (blocks, tail) = out.split_at_mut(first);
     for (b, block) in blocks.chunks_exact_mut(BLOCK).enumerate() {
         let mut acc = [[0f32; LANES]; 4];
-        for (d, &x) in q.iter().enumerate() {
-            let row = as_lanes(&keys[d * stride + b * BLOCK..][..BLOCK]);
+        for (i, &x) in weights.iter().enumerate() {
+            let row = as_lanes(&rows[i * stride + b * BLOCK..][..BLOCK]);
             for (acc, row) in acc.iter_mut().zip(row) {
                 for l in 0..LANES {
                     acc[l] += x * row[l];
@@ -296,10 +298,10 @@ pub fn dots_by_dimension(q: &[f32], keys: &[f32], stride: usize, scores: &mut [f
         }
     }
     tail.fill(0.0);
-    for (d, &x) in q.iter().enumerate() {
-        let row = &keys[d * stride + first..][..tail.len()];
-        for (score, &k) in tail.iter_mut().zip(row) {
-            *score += x * k;
+    for (i, &x) in weights.iter().enumerate() {
+        let row = &rows[i * stride + first..][..tail.len()];
+        for (out, &value) in tail.iter_mut().zip(row) {
+            *out += x * value;
         }
     }
 }
@@ -548,24 +550,24 @@ mod tests {
     }
 
     #[test]
-    fn dots_by_dimension_score_every_key() {
-        let head_dim = 24;
-        for keys in [0, 1, 63, 64, 65, 130] {
-            // Stored dimension-major with room past the last key, as a cache view would be.
-            let stride = keys + 3;
-            let stored: Vec<f32> = (0..head_dim * stride)
+    fn weighted_sum_covers_every_column() {
+        let count = 24;
+        for width in [0, 1, 63, 64, 65, 130] {
+            // Rows with room past the last column, as views into a cache are.
+            let stride = width + 3;
+            let rows: Vec<f32> = (0..count * stride)
                 .map(|i| (i as f32 * 0.29).sin())
                 .collect();
-            let q: Vec<f32> = (0..head_dim).map(|d| (d as f32 * 0.7).cos()).collect();
-            let mut scores = vec![f32::NAN; keys];
-            dots_by_dimension(&q, &stored, stride, &mut scores);
-            for (j, &score) in scores.iter().enumerate() {
-                let want: f64 = (0..head_dim)
-                    .map(|d| f64::from(q[d] * stored[d * stride + j]))
+            let weights: Vec<f32> = (0..count).map(|i| (i as f32 * 0.7).cos()).collect();
+            let mut out = vec![f32::NAN; width];
+            weighted_sum(&weights, &rows, stride, &mut out);
+            for (c, &got) in out.iter().enumerate() {
+                let want: f64 = (0..count)
+                    .map(|i| f64::from(weights[i] * rows[i * stride + c]))
                     .sum();
                 assert!(
-                    (f64::from(score) - want).abs() < 1e-4,
-                    "{keys} keys, key {j}"
+                    (f64::from(got) - want).abs() < 1e-4,
+                    "width {width}, column {c}"
                 );
             }
         }
