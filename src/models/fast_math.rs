@@ -185,6 +185,15 @@ pub fn for_each_tile(
         });
 }
 
+/// Lane masks for a register tile of `P` panels of 16 outputs whose first `width` are
+/// real: loads and stores through them touch nothing past the last output.
+pub fn panel_masks<const P: usize>(width: usize) -> [u16; P] {
+    std::array::from_fn(|p| match width.saturating_sub(16 * p).min(16) {
+        16 => !0,
+        lanes => (1u16 << lanes) - 1,
+    })
+}
+
 /// Runs `f` compiled for the widest vector unit the CPU has (AVX-512, else AVX2 + FMA),
 /// chosen at run time, so the portable loops inside `f` vectorize to it. `f` must be
 /// inlinable (a closure marked `#[inline(always)]`).

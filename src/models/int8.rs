@@ -18,7 +18,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::fast_math::{for_each_tile, SharedOut};
+use super::fast_math::{for_each_tile, panel_masks, SharedOut};
 use super::layers::{Q8_0_BLOCK, Q8_0_BYTES};
 
 /// Outputs per panel: one 512-bit register of i32 or f32.
@@ -155,10 +155,6 @@ impl PackedQ8 {
         let blocks = self.in_dim / BLOCK;
         let first_out = panel * PANEL;
         let width = (panels * PANEL).min(self.out_dim - first_out);
-        let mut bias_lanes = [0f32; 4 * PANEL];
-        if let Some(bias) = bias {
-            bias_lanes[..width].copy_from_slice(&bias[first_out..first_out + width]);
-        }
         let args = TileArgs {
             quants: input.quants[row * self.in_dim..].as_ptr(),
             scales: input.scales[row * blocks..].as_ptr(),
@@ -166,7 +162,7 @@ impl PackedQ8 {
             lines: self.lines[panel * blocks * LINES..].as_ptr().cast(),
             weight_scales: self.scales[panel * blocks..].as_ptr().cast(),
             blocks,
-            bias: bias_lanes,
+            bias: bias.map_or(std::ptr::null(), |bias| bias[first_out..].as_ptr()),
             out: out.at(row * self.out_dim + first_out),
             out_stride: self.out_dim,
             width,
@@ -245,8 +241,8 @@ struct TileArgs {
     lines: *const u8,
     weight_scales: *const u8,
     blocks: usize,
-    /// For up to four panels.
-    bias: [f32; 4 * PANEL],
+    /// The bias of the tile's first output, or null for none.
+    bias: *const f32,
     /// The tile's first output; rows `out_stride` apart, the first `width` columns real.
     out: *mut f32,
     out_stride: usize,
@@ -258,11 +254,12 @@ struct TileArgs {
 unsafe fn kernel<const R: usize, const P: usize>(args: &TileArgs) {
     let in_dim = args.blocks * BLOCK;
     let panel_bytes = args.blocks * LINES * 64;
+    let masks: [__mmask16; P] = panel_masks(args.width);
     let mut sums = [[_mm512_setzero_ps(); P]; R];
-    for row in sums.iter_mut() {
-        for (p, sum) in row.iter_mut().enumerate() {
-            *sum = _mm512_loadu_ps(args.bias[p * PANEL..].as_ptr());
-        }
+    if !args.bias.is_null() {
+        let bias: [__m512; P] =
+            std::array::from_fn(|p| _mm512_maskz_loadu_ps(masks[p], args.bias.add(p * PANEL)));
+        sums = [bias; R];
     }
     for b in 0..args.blocks {
         let lines = |p: usize| args.lines.add(p * panel_bytes + b * LINES * 64);
@@ -296,13 +293,7 @@ unsafe fn kernel<const R: usize, const P: usize>(args: &TileArgs) {
             }
         }
     }
-    for p in 0..P {
-        let width = args.width.saturating_sub(p * PANEL).min(PANEL);
-        let mask: __mmask16 = if width == PANEL {
-            !0
-        } else {
-            (1u16 << width) - 1
-        };
+    for (p, &mask) in masks.iter().enumerate() {
         for (r, sums) in sums.iter().enumerate() {
             _mm512_mask_storeu_ps(args.out.add(r * args.out_stride + p * PANEL), mask, sums[p]);
         }

@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::fast_math::{for_each_tile, SharedOut};
+use super::fast_math::{for_each_tile, panel_masks, SharedOut};
 
 /// Outputs per panel: one 512-bit register of f32.
 const PANEL: usize = 16;
@@ -121,15 +121,11 @@ impl PackedF32 {
         let tile = |row: usize, tile_rows: usize, panel: usize, tile_panels: usize| {
             let first_out = panel * PANEL;
             let width = (tile_panels * PANEL).min(self.out_dim - first_out);
-            let mut bias_lanes = [0f32; TILE_PANELS * PANEL];
-            if let Some(bias) = bias {
-                bias_lanes[..width].copy_from_slice(&bias[first_out..first_out + width]);
-            }
             let args = TileArgs {
                 x: x[row * self.in_dim..].as_ptr(),
                 weights: self.lanes[panel * self.in_dim..].as_ptr().cast(),
                 in_dim: self.in_dim,
-                bias: bias_lanes,
+                bias: bias.map_or(std::ptr::null(), |bias| bias[first_out..].as_ptr()),
                 out: out_base.at(row * self.out_dim + first_out),
                 out_stride: self.out_dim,
                 width,
@@ -167,8 +163,8 @@ struct TileArgs {
     /// The first panel's first input; panels `in_dim · PANEL` apart.
     weights: *const f32,
     in_dim: usize,
-    /// For up to `TILE_PANELS` panels.
-    bias: [f32; TILE_PANELS * PANEL],
+    /// The bias of the tile's first output, or null for none.
+    bias: *const f32,
     /// The tile's first output; rows `out_stride` apart, the first `width` columns real.
     out: *mut f32,
     out_stride: usize,
@@ -179,11 +175,12 @@ struct TileArgs {
 #[target_feature(enable = "avx512f")]
 unsafe fn kernel<const R: usize, const P: usize>(args: &TileArgs) {
     let panel_stride = args.in_dim * PANEL;
+    let masks: [__mmask16; P] = panel_masks(args.width);
     let mut sums = [[_mm512_setzero_ps(); P]; R];
-    for row in sums.iter_mut() {
-        for (p, sum) in row.iter_mut().enumerate() {
-            *sum = _mm512_loadu_ps(args.bias[p * PANEL..].as_ptr());
-        }
+    if !args.bias.is_null() {
+        let bias: [__m512; P] =
+            std::array::from_fn(|p| _mm512_maskz_loadu_ps(masks[p], args.bias.add(p * PANEL)));
+        sums = [bias; R];
     }
     for k in 0..args.in_dim {
         let mut weights = [_mm512_setzero_ps(); P];
@@ -197,13 +194,7 @@ unsafe fn kernel<const R: usize, const P: usize>(args: &TileArgs) {
             }
         }
     }
-    for p in 0..P {
-        let width = args.width.saturating_sub(p * PANEL).min(PANEL);
-        let mask: __mmask16 = if width == PANEL {
-            !0
-        } else {
-            (1u16 << width) - 1
-        };
+    for (p, &mask) in masks.iter().enumerate() {
         for (r, sums) in sums.iter().enumerate() {
             _mm512_mask_storeu_ps(args.out.add(r * args.out_stride + p * PANEL), mask, sums[p]);
         }
