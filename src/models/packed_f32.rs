@@ -48,45 +48,41 @@ impl PackedF32 {
     /// From a weight stored `(out_dim, in_dim)`, row-major.
     pub fn new(weight: &[f32], out_dim: usize, in_dim: usize) -> Self {
         assert_eq!(weight.len(), out_dim * in_dim);
-        let mut lanes = vec![Lanes([0.0; PANEL]); out_dim.div_ceil(PANEL) * in_dim];
-        if in_dim > 0 {
-            lanes
-                .par_chunks_mut(in_dim)
-                .enumerate()
-                .for_each(|(panel, lanes)| {
-                    let first = panel * PANEL;
-                    for c in 0..PANEL.min(out_dim - first) {
-                        let row = &weight[(first + c) * in_dim..][..in_dim];
-                        for (lane, &w) in lanes.iter_mut().zip(row) {
-                            lane.0[c] = w;
-                        }
-                    }
-                });
-        }
-        PackedF32 {
-            out_dim,
-            in_dim,
-            lanes,
-        }
+        Self::from_weights(out_dim, in_dim, |output, input| {
+            weight[output * in_dim + input]
+        })
     }
 
-    /// From a weight stored `(in_dim, out_dim)` (GPT-2's Conv1D): each panel's weights
-    /// for one input are 16 consecutive values there.
+    /// From a weight stored `(in_dim, out_dim)` (GPT-2's Conv1D).
     pub fn from_in_out(weight: &[f32], in_dim: usize, out_dim: usize) -> Self {
         assert_eq!(weight.len(), out_dim * in_dim);
-        let mut lanes = vec![Lanes([0.0; PANEL]); out_dim.div_ceil(PANEL) * in_dim];
-        if in_dim > 0 {
-            lanes
-                .par_chunks_mut(in_dim)
-                .enumerate()
-                .for_each(|(panel, lanes)| {
-                    let first = panel * PANEL;
-                    let width = PANEL.min(out_dim - first);
-                    for (lane, row) in lanes.iter_mut().zip(weight.chunks_exact(out_dim)) {
-                        lane.0[..width].copy_from_slice(&row[first..first + width]);
+        Self::from_weights(out_dim, in_dim, |output, input| {
+            weight[input * out_dim + output]
+        })
+    }
+
+    /// Packs the weights `weight(output, input)`. Lanes are made in parallel and written
+    /// in place, so no thread first fills the whole buffer; a lane reads 16 outputs of one
+    /// input, and its neighbours the next inputs of the same outputs, which are in cache.
+    fn from_weights(
+        out_dim: usize,
+        in_dim: usize,
+        weight: impl Fn(usize, usize) -> f32 + Sync,
+    ) -> Self {
+        let lanes = (0..out_dim.div_ceil(PANEL) * in_dim)
+            .into_par_iter()
+            .with_min_len(4096)
+            .map(|index| {
+                let (first, input) = (index / in_dim * PANEL, index % in_dim);
+                Lanes(std::array::from_fn(|c| {
+                    if first + c < out_dim {
+                        weight(first + c, input)
+                    } else {
+                        0.0
                     }
-                });
-        }
+                }))
+            })
+            .collect();
         PackedF32 {
             out_dim,
             in_dim,
