@@ -73,27 +73,43 @@ impl PackedQ8 {
             in_dim.is_multiple_of(BLOCK) && blocks.len() == out_dim * blocks_per_row * Q8_0_BYTES
         );
         let panels = out_dim.div_ceil(PANEL);
-        // Absent outputs: scale 0 and offset zero weights.
-        let mut lines = vec![Line([128; 64]); panels * blocks_per_row * LINES];
-        let mut scales = vec![Scales([0; PANEL * 2]); panels * blocks_per_row];
-        lines
-            .par_chunks_mut(blocks_per_row * LINES)
-            .zip(scales.par_chunks_mut(blocks_per_row))
-            .enumerate()
-            .for_each(|(panel, (lines, scales))| {
-                let block_lines = lines.chunks_exact_mut(LINES);
-                for (b, (lines, scales)) in block_lines.zip(scales).enumerate() {
-                    for c in 0..PANEL.min(out_dim - panel * PANEL) {
-                        let row = panel * PANEL + c;
-                        let at = (row * blocks_per_row + b) * Q8_0_BYTES;
-                        let block = &blocks[at..at + Q8_0_BYTES];
-                        scales.0[2 * c..2 * c + 2].copy_from_slice(&block[..2]);
-                        for (k, &q) in block[2..].iter().enumerate() {
-                            lines[k / 4].0[c * 4 + k % 4] = (q as i8 as i16 + 128) as u8;
+        // The block of output `row`, or `None` past `out_dim` (scale 0, zero weights).
+        let block = |row: usize, b: usize| {
+            let at = (row * blocks_per_row + b) * Q8_0_BYTES;
+            (row < out_dim).then(|| &blocks[at..at + Q8_0_BYTES])
+        };
+        // Made in parallel and written in place (no thread fills the buffers first).
+        let lines = (0..panels * blocks_per_row * LINES)
+            .into_par_iter()
+            .with_min_len(4096)
+            .map(|index| {
+                let (panel_block, line) = (index / LINES, index % LINES);
+                let (panel, b) = (panel_block / blocks_per_row, panel_block % blocks_per_row);
+                let mut bytes = [128u8; 64];
+                for (c, four) in bytes.chunks_exact_mut(4).enumerate() {
+                    if let Some(block) = block(panel * PANEL + c, b) {
+                        for (byte, &q) in four.iter_mut().zip(&block[2 + 4 * line..]) {
+                            *byte = (q as i8 as i16 + 128) as u8;
                         }
                     }
                 }
-            });
+                Line(bytes)
+            })
+            .collect();
+        let scales = (0..panels * blocks_per_row)
+            .into_par_iter()
+            .with_min_len(1024)
+            .map(|index| {
+                let (panel, b) = (index / blocks_per_row, index % blocks_per_row);
+                let mut bytes = [0u8; PANEL * 2];
+                for (c, scale) in bytes.chunks_exact_mut(2).enumerate() {
+                    if let Some(block) = block(panel * PANEL + c, b) {
+                        scale.copy_from_slice(&block[..2]);
+                    }
+                }
+                Scales(bytes)
+            })
+            .collect();
         PackedQ8 {
             out_dim,
             in_dim,

@@ -127,6 +127,33 @@ impl Linear {
         };
         Linear::new(transposed, bias, quantization)
     }
+
+    /// The rows of the `(out, in)` weight for the outputs `ids`, shaped `ids` + `(in,)`, when
+    /// the weight is held packed in f32; `None` otherwise.
+    fn packed_rows(&self, ids: &Tensor) -> Result<Option<Tensor>> {
+        #[cfg(target_arch = "x86_64")]
+        if let LinearWeight::PackedF32(weight) = &self.weight {
+            let mut dims = ids.dims().to_vec();
+            let ids = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+            let mut rows = Vec::new();
+            for &id in &ids {
+                if id as usize >= weight.out_dim() {
+                    candle_core::bail!(
+                        "token id {id} is outside the vocabulary of {}",
+                        weight.out_dim()
+                    );
+                }
+                weight.extend_with_output(id as usize, &mut rows);
+            }
+            dims.push(weight.in_dim());
+            return Ok(Some(Tensor::from_vec(
+                rows,
+                dims,
+                &candle_core::Device::Cpu,
+            )?));
+        }
+        Ok(None)
+    }
 }
 
 /// Whether f32 weights go to the packed kernels: on CPUs that have them.
@@ -146,35 +173,6 @@ fn unquantized(weight: Tensor) -> Result<LinearWeight> {
         }
     }
     Ok(LinearWeight::Dense(weight.contiguous()?))
-}
-
-impl Linear {
-    /// The rows of the `(out, in)` weight for the outputs `ids`, shaped `ids` + `(in,)`, when
-    /// the weight is held packed in f32; `None` otherwise.
-    fn packed_rows(&self, ids: &Tensor) -> Result<Option<Tensor>> {
-        #[cfg(target_arch = "x86_64")]
-        if let LinearWeight::PackedF32(weight) = &self.weight {
-            let mut dims = ids.dims().to_vec();
-            let ids = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-            let mut rows = Vec::new();
-            for &id in &ids {
-                if id as usize >= weight.out_dim() {
-                    candle_core::bail!(
-                        "token id {id} is outside the vocabulary of {}",
-                        weight.out_dim()
-                    );
-                }
-                weight.extend_with_output(id as usize, &mut rows);
-            }
-            dims.push(rows.len() / ids.len().max(1));
-            return Ok(Some(Tensor::from_vec(
-                rows,
-                dims,
-                &candle_core::Device::Cpu,
-            )?));
-        }
-        Ok(None)
-    }
 }
 
 /// Word embeddings and the output head over the same vocabulary. When the two are tied and
@@ -706,6 +704,8 @@ mod tests {
                 };
                 assert!(gap < bound, "{quantization:?}: {gap}");
                 assert!(words.embed(&Tensor::new(&[40u32], &device)?).is_err());
+                let no_ids = Tensor::zeros((1, 0), DType::U32, &device)?;
+                assert_eq!(words.embed(&no_ids)?.dims(), &[1, 0, 64]);
             }
         }
         Ok(())

@@ -102,6 +102,10 @@ impl PackedF32 {
         self.out_dim
     }
 
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+
     /// `x` `(rows, in_dim)` times the weight transposed, plus `bias` on every row:
     /// `(rows, out_dim)`. Callers check `supported()` first.
     pub fn product(&self, x: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
