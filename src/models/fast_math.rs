@@ -141,23 +141,30 @@ impl SharedOut {
     }
 }
 
-/// Covers a product of `rows` input rows by `panels` panels of outputs with register
-/// tiles, `tile(row, tile_rows, panel, tile_panels)`, on all cores. Tasks take up to
-/// `task_rows` rows (which stay in cache while the task's panels pass by) and a run of
-/// whole panels; inside a task, tiles take up to `tile_rows` rows and `group(task_rows)`
-/// panels, or one at the end of a run, so every panel's weights meet all of the task's
-/// rows while they are in cache.
-pub fn for_each_tile(
+/// Outputs per panel of the packed kernels (`int8`, `packed_f32`): one 512-bit register
+/// of f32 or i32.
+pub const PANEL: usize = 16;
+
+/// The `(rows, out_dim)` output of a packed product, computed by register tiles,
+/// `tile(row, tile_rows, panel, tile_panels, out)`, on all cores; each tile writes its
+/// outputs through `out`. Tasks take up to `task_rows` rows (which stay in cache while the
+/// task's panels pass by) and a run of whole panels; inside a task, tiles take up to
+/// `tile_rows` rows and `group(task_rows)` panels, or one at the end of a run, so every
+/// panel's weights meet all of the task's rows while they are in cache.
+pub fn tiled_product(
     rows: usize,
-    panels: usize,
+    out_dim: usize,
     task_rows: usize,
     tile_rows: usize,
     group: impl Fn(usize) -> usize + Sync,
-    tile: impl Fn(usize, usize, usize, usize) + Sync,
-) {
-    if rows == 0 || panels == 0 {
-        return;
+    tile: impl Fn(usize, usize, usize, usize, &SharedOut) + Sync,
+) -> Vec<f32> {
+    let mut out = vec![0f32; rows * out_dim];
+    if out.is_empty() {
+        return out;
     }
+    let panels = out_dim.div_ceil(PANEL);
+    let out_base = SharedOut::new(&mut out);
     let row_tasks = rows.div_ceil(task_rows);
     // Enough tasks to share out.
     let panel_tasks = (4 * rayon::current_num_threads())
@@ -178,18 +185,19 @@ pub fn for_each_tile(
                 let panels_here = if end_panel - panel >= group { group } else { 1 };
                 for offset in (0..rows_here).step_by(tile_rows) {
                     let tile_rows = tile_rows.min(rows_here - offset);
-                    tile(first_row + offset, tile_rows, panel, panels_here);
+                    tile(first_row + offset, tile_rows, panel, panels_here, &out_base);
                 }
                 panel += panels_here;
             }
         });
+    out
 }
 
-/// Lane masks for a register tile of `P` panels of 16 outputs whose first `width` are
-/// real: loads and stores through them touch nothing past the last output.
+/// Lane masks for a register tile of `P` panels whose first `width` outputs are real:
+/// loads and stores through them touch nothing past the last output.
 pub fn panel_masks<const P: usize>(width: usize) -> [u16; P] {
-    std::array::from_fn(|p| match width.saturating_sub(16 * p).min(16) {
-        16 => !0,
+    std::array::from_fn(|p| match width.saturating_sub(PANEL * p).min(PANEL) {
+        PANEL => !0,
         lanes => (1u16 << lanes) - 1,
     })
 }

@@ -18,11 +18,9 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::fast_math::{for_each_tile, panel_masks, SharedOut};
+use super::fast_math::{panel_masks, tiled_product, SharedOut, PANEL};
 use super::layers::{Q8_0_BLOCK, Q8_0_BYTES};
 
-/// Outputs per panel: one 512-bit register of i32 or f32.
-const PANEL: usize = 16;
 /// Input values per block, as in Q8_0.
 const BLOCK: usize = Q8_0_BLOCK;
 /// Weight lines per (panel, block): each holds four consecutive inputs of the 16 outputs,
@@ -128,31 +126,18 @@ impl PackedQ8 {
         assert!(supported());
         assert_eq!(x.len(), rows * self.in_dim);
         assert!(bias.is_none_or(|b| b.len() == self.out_dim));
-        let mut out = vec![0f32; rows * self.out_dim];
-        if out.is_empty() {
-            return out;
-        }
         let input = QuantizedRows::new(x, rows, self.in_dim);
-        let out_base = SharedOut::new(&mut out);
         // Several panels at once: each input value loaded serves all of them, and few
         // rows still give enough independent sums that the multiply-adds do not wait on
         // each other.
         let group = |task_rows: usize| if task_rows <= 2 { 4 } else { 2 };
-        let tile = |row: usize, tile_rows: usize, panel: usize, panels: usize| {
+        let tile = |row: usize, tile_rows: usize, panel: usize, panels: usize, out: &SharedOut| {
             // SAFETY: the CPU has the features (checked above); the tile's rows and panels
             // lie inside `input`, `self.lines`, `self.scales` and `out`, and no other tile
             // writes these outputs.
-            unsafe { self.tile(&input, row, tile_rows, panel, panels, bias, &out_base) };
+            unsafe { self.tile(&input, row, tile_rows, panel, panels, bias, out) };
         };
-        for_each_tile(
-            rows,
-            self.out_dim.div_ceil(PANEL),
-            TASK_ROWS,
-            TILE_ROWS,
-            group,
-            tile,
-        );
-        out
+        tiled_product(rows, self.out_dim, TASK_ROWS, TILE_ROWS, group, tile)
     }
 
     /// Dispatches a tile of `tile_rows` (1..=TILE_ROWS) rows and `panels` consecutive panels

@@ -12,10 +12,8 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::fast_math::{for_each_tile, panel_masks, SharedOut};
+use super::fast_math::{panel_masks, tiled_product, SharedOut, PANEL};
 
-/// Outputs per panel: one 512-bit register of f32.
-const PANEL: usize = 16;
 /// Input rows per register tile: 6 x 4 panels are 24 sums, beside 4 weight vectors and a
 /// broadcast input in the 32 vector registers.
 const TILE_ROWS: usize = 6;
@@ -112,48 +110,49 @@ impl PackedF32 {
         assert!(supported());
         assert_eq!(x.len(), rows * self.in_dim);
         assert!(bias.is_none_or(|b| b.len() == self.out_dim));
-        let mut out = vec![0f32; rows * self.out_dim];
-        if out.is_empty() {
-            return out;
-        }
-        let panels = self.out_dim.div_ceil(PANEL);
-        let out_base = SharedOut::new(&mut out);
-        let tile = |row: usize, tile_rows: usize, panel: usize, tile_panels: usize| {
-            let first_out = panel * PANEL;
-            let width = (tile_panels * PANEL).min(self.out_dim - first_out);
-            let args = TileArgs {
-                x: x[row * self.in_dim..].as_ptr(),
-                weights: self.lanes[panel * self.in_dim..].as_ptr().cast(),
-                in_dim: self.in_dim,
-                bias: bias.map_or(std::ptr::null(), |bias| bias[first_out..].as_ptr()),
-                out: out_base.at(row * self.out_dim + first_out),
-                out_stride: self.out_dim,
-                width,
-            };
-            // SAFETY: the CPU has AVX-512 (checked above); the tile's rows and panels lie
-            // inside `x`, `self.lanes` and `out`, and no other tile writes these outputs.
-            unsafe {
-                match (tile_rows, tile_panels) {
-                    (1, 4) => kernel::<1, 4>(&args),
-                    (2, 4) => kernel::<2, 4>(&args),
-                    (3, 4) => kernel::<3, 4>(&args),
-                    (4, 4) => kernel::<4, 4>(&args),
-                    (5, 4) => kernel::<5, 4>(&args),
-                    (6, 4) => kernel::<6, 4>(&args),
-                    (1, 1) => kernel::<1, 1>(&args),
-                    (2, 1) => kernel::<2, 1>(&args),
-                    (3, 1) => kernel::<3, 1>(&args),
-                    (4, 1) => kernel::<4, 1>(&args),
-                    (5, 1) => kernel::<5, 1>(&args),
-                    (6, 1) => kernel::<6, 1>(&args),
-                    _ => unreachable!("no kernel for {tile_rows} rows x {tile_panels} panels"),
+        let tile =
+            |row: usize, tile_rows: usize, panel: usize, tile_panels: usize, out: &SharedOut| {
+                let first_out = panel * PANEL;
+                let width = (tile_panels * PANEL).min(self.out_dim - first_out);
+                let args = TileArgs {
+                    x: x[row * self.in_dim..].as_ptr(),
+                    weights: self.lanes[panel * self.in_dim..].as_ptr().cast(),
+                    in_dim: self.in_dim,
+                    bias: bias.map_or(std::ptr::null(), |bias| bias[first_out..].as_ptr()),
+                    out: out.at(row * self.out_dim + first_out),
+                    out_stride: self.out_dim,
+                    width,
+                };
+                // SAFETY: the CPU has AVX-512 (checked above); the tile's rows and panels lie
+                // inside `x`, `self.lanes` and `out`, and no other tile writes these outputs.
+                unsafe {
+                    match (tile_rows, tile_panels) {
+                        (1, 4) => kernel::<1, 4>(&args),
+                        (2, 4) => kernel::<2, 4>(&args),
+                        (3, 4) => kernel::<3, 4>(&args),
+                        (4, 4) => kernel::<4, 4>(&args),
+                        (5, 4) => kernel::<5, 4>(&args),
+                        (6, 4) => kernel::<6, 4>(&args),
+                        (1, 1) => kernel::<1, 1>(&args),
+                        (2, 1) => kernel::<2, 1>(&args),
+                        (3, 1) => kernel::<3, 1>(&args),
+                        (4, 1) => kernel::<4, 1>(&args),
+                        (5, 1) => kernel::<5, 1>(&args),
+                        (6, 1) => kernel::<6, 1>(&args),
+                        _ => unreachable!("no kernel for {tile_rows} rows x {tile_panels} panels"),
+                    }
                 }
-            }
-        };
+            };
         let task_rows =
             (TASK_BYTES / (4 * self.in_dim).max(1) / TILE_ROWS * TILE_ROWS).max(TILE_ROWS);
-        for_each_tile(rows, panels, task_rows, TILE_ROWS, |_| TILE_PANELS, tile);
-        out
+        tiled_product(
+            rows,
+            self.out_dim,
+            task_rows,
+            TILE_ROWS,
+            |_| TILE_PANELS,
+            tile,
+        )
     }
 }
 
