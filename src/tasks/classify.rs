@@ -86,14 +86,16 @@ impl Classifier {
 
         let text = super::encoder_text(&repo, &encoder_config, None)?;
         let (device, dtype) = options.placement(Precision::HalfSafe)?;
-        let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
-        let model = models::load_sequence_classifier(
-            &config,
-            &encoder_config,
-            labels.len(),
-            vb,
-            options.quantization,
-        )?;
+        let (text, model) = super::beside_weights(text, || {
+            let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
+            models::load_sequence_classifier(
+                &config,
+                &encoder_config,
+                labels.len(),
+                vb,
+                options.quantization,
+            )
+        })?;
         Ok(Classifier {
             model,
             text,

@@ -159,8 +159,10 @@ impl Embedder {
         let max_seq_length = described.as_ref().and_then(|st| st.max_seq_length);
         let text = super::encoder_text(&repo, &encoder_config, max_seq_length)?;
         let (device, dtype) = options.placement(Precision::HalfSafe)?;
-        let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
-        let encoder = models::load_encoder(&config, &encoder_config, vb, options.quantization)?;
+        let (text, encoder) = super::beside_weights(text, || {
+            let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
+            models::load_encoder(&config, &encoder_config, vb, options.quantization)
+        })?;
         Ok(Embedder {
             encoder,
             text,

@@ -48,15 +48,17 @@ impl MaskFiller {
         let text = super::encoder_text(&repo, &encoder_config, None)?;
         let mask_token =
             super::special_token(&repo, "mask_token")?.unwrap_or_else(|| "[MASK]".to_string());
+        let (device, dtype) = options.placement(Precision::HalfSafe)?;
+        let (text, model) = super::beside_weights(text, || {
+            let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
+            models::load_masked_lm(&config, &encoder_config, vb, options.quantization)
+        })?;
         let Some(mask_id) = text.tokenizer().token_to_id(&mask_token) else {
             return Err(Error::config(
                 repo.required(hub::TOKENIZER)?,
                 format!("the mask token {mask_token} is not in the vocabulary"),
             ));
         };
-        let (device, dtype) = options.placement(Precision::HalfSafe)?;
-        let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
-        let model = models::load_masked_lm(&config, &encoder_config, vb, options.quantization)?;
         Ok(MaskFiller {
             model,
             text,

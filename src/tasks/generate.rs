@@ -61,10 +61,13 @@ impl TextGenerator {
             .or_else(|| defaults.eos_token_ids.first().copied());
         // Keep room for at least one new token; a longer prompt keeps its end.
         let window = gpt2.n_positions.saturating_sub(1).max(1);
-        let text = TextEncoder::load(&repo.required(hub::TOKENIZER)?, window, pad_id, Side::Left)?;
+        let tokenizer = repo.required(hub::TOKENIZER)?;
+        let text = move || TextEncoder::load(&tokenizer, window, pad_id, Side::Left);
         let (device, dtype) = options.placement(Precision::HalfSafe)?;
-        let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
-        let model = Gpt2::load(vb, &gpt2, options.quantization).map_err(Error::WeightLayout)?;
+        let (text, model) = super::beside_weights(text, || {
+            let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
+            Gpt2::load(vb, &gpt2, options.quantization).map_err(Error::WeightLayout)
+        })?;
         Ok(TextGenerator {
             model,
             text,

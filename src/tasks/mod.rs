@@ -90,22 +90,38 @@ impl LoadOptions {
 
 /// The tokenizer of a BERT-family checkpoint, cutting inputs at the model window, the
 /// tokenizer's own limit and `limit` (e.g. sentence-transformers' max_seq_length), whichever
-/// is smallest.
+/// is smallest. The file is found now (fetched, on the hub) and parsed by the returned
+/// closure, for `beside_weights`.
 fn encoder_text(
     repo: &crate::hub::ModelRepo,
     encoder_config: &crate::models::EncoderConfig,
     limit: Option<usize>,
-) -> Result<TextEncoder> {
+) -> Result<impl FnOnce() -> Result<TextEncoder> + Send> {
     let window = [tokenizer_max_length(repo)?, limit]
         .into_iter()
         .flatten()
         .fold(encoder_config.window(), usize::min);
-    TextEncoder::load(
-        &repo.required(crate::hub::TOKENIZER)?,
-        window,
-        Some(encoder_config.pad_id),
-        Side::Right,
-    )
+    let path = repo.required(crate::hub::TOKENIZER)?;
+    let pad_id = encoder_config.pad_id;
+    Ok(move || TextEncoder::load(&path, window, Some(pad_id), Side::Right))
+}
+
+/// Parses the tokenizer on a thread of its own while `load_weights` runs on this one.
+/// Parsing tokenizer.json (vocabularies and merges of 30-50k entries) is serial work: ~80
+/// ms of GPT-2's ~400 ms load. Its file is found before, so a missing tokenizer still fails
+/// before any weights are fetched.
+fn beside_weights<M>(
+    parse_tokenizer: impl FnOnce() -> Result<TextEncoder> + Send,
+    load_weights: impl FnOnce() -> Result<M>,
+) -> Result<(TextEncoder, M)> {
+    std::thread::scope(|scope| {
+        let text = scope.spawn(parse_tokenizer);
+        let model = load_weights();
+        let text = text
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        Ok((text, model?))
+    })
 }
 
 /// Runs `forward` over the inputs that tokenized, in length-bucketed batches, and pairs

@@ -90,18 +90,20 @@ impl TokenTagger {
         let encoder_config = models::encoder_config(&config)?;
         let labels = config.parse::<HeadConfig>()?.labels(&config)?;
         let text = super::encoder_text(&repo, &encoder_config, None)?;
-        let unk_id = super::special_token(&repo, "unk_token")?
-            .and_then(|unk| text.tokenizer().token_to_id(&unk));
+        let unk_token = super::special_token(&repo, "unk_token")?;
         let (device, dtype) = options.placement(Precision::HalfSafe)?;
-        let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
-        let model = models::load_token_head(
-            &config,
-            &encoder_config,
-            vb,
-            "classifier",
-            labels.len(),
-            options.quantization,
-        )?;
+        let (text, model) = super::beside_weights(text, || {
+            let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
+            models::load_token_head(
+                &config,
+                &encoder_config,
+                vb,
+                "classifier",
+                labels.len(),
+                options.quantization,
+            )
+        })?;
+        let unk_id = unk_token.and_then(|unk| text.tokenizer().token_to_id(&unk));
         Ok(TokenTagger {
             model,
             text,

@@ -65,17 +65,16 @@ impl Seq2Seq {
         let t5: T5Config = config.parse()?;
         // T5 has no position table; the tokenizer's limit (512 for t5-small) is the window.
         let window = super::tokenizer_max_length(&repo)?.unwrap_or(usize::MAX);
-        let text = TextEncoder::load(
-            &repo.required(hub::TOKENIZER)?,
-            window,
-            Some(t5.pad_token_id),
-            Side::Right,
-        )?;
+        let tokenizer = repo.required(hub::TOKENIZER)?;
+        let pad_id = t5.pad_token_id;
+        let text = move || TextEncoder::load(&tokenizer, window, Some(pad_id), Side::Right);
         let generation_config = repo.optional("generation_config.json")?;
         // T5 overflows in f16: `auto` never picks it.
         let (device, dtype) = options.placement(Precision::NoF16)?;
-        let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
-        let model = T5::load(vb, &t5, options.quantization).map_err(Error::WeightLayout)?;
+        let (text, model) = super::beside_weights(text, || {
+            let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
+            T5::load(vb, &t5, options.quantization).map_err(Error::WeightLayout)
+        })?;
         Ok(Seq2Seq {
             model,
             text,
