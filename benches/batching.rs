@@ -34,7 +34,7 @@ fn checkpoint(dir: &Path) {
     let encoder = models::encoder_config(&parsed).unwrap();
     let weights = VarMap::new();
     let vb = VarBuilder::from_varmap(&weights, DType::F32, &Device::Cpu);
-    models::load_sequence_classifier(&parsed, &encoder, 2, vb, Quantization::None).unwrap();
+    models::load_sequence_classifier(&parsed, &encoder, 2, vb.into(), Quantization::None).unwrap();
     weights.save(dir.join("model.safetensors")).unwrap();
 }
 
@@ -73,6 +73,7 @@ fn bench_batching(c: &mut Criterion) {
         device: DeviceChoice::Cpu,
         dtype: DTypeChoice::F32,
         quantization: llmx::models::Quantization::None,
+        weight_cache: None,
     };
     let unlimited = Batching {
         max_inputs: BATCH,

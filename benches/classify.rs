@@ -44,6 +44,7 @@ fn bench_classify(c: &mut Criterion) {
         device: DeviceChoice::Cpu,
         dtype: DTypeChoice::F32,
         quantization: llmx::models::Quantization::None,
+        weight_cache: None,
     };
     let classifier = Classifier::load(fixture.to_str().unwrap_or_default(), &options)
         .expect("the fixture loads");

@@ -15,7 +15,8 @@ fn bench_generate(c: &mut Criterion) {
     let config = Gpt2Config::default();
     let weights = VarMap::new();
     let vb = VarBuilder::from_varmap(&weights, DType::F32, &device);
-    let model = Gpt2::load(vb, &config, Quantization::None).expect("a gpt2-sized model builds");
+    let model =
+        Gpt2::load(vb.into(), &config, Quantization::None).expect("a gpt2-sized model builds");
     let prompt: Vec<u32> = vec![15496, 11, 616, 3290, 318, 13779, 290, 340];
     let settings = GenerationConfig {
         max_new_tokens: Some(NEW_TOKENS),

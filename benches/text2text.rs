@@ -15,7 +15,7 @@ fn bench_text2text(c: &mut Criterion) {
     let config = T5Config::default();
     let weights = VarMap::new();
     let model = T5::load(
-        VarBuilder::from_varmap(&weights, DType::F32, &device),
+        VarBuilder::from_varmap(&weights, DType::F32, &device).into(),
         &config,
         Quantization::None,
     )

@@ -20,7 +20,10 @@ cores, model already loaded), and for each workload in each of the usual ways a 
 call it (pipeline or generate, one input at a time or batched); the table keeps its fastest.
 llmx is timed as a whole process (`target/release/llmx`, model load included), with its
 peak resident memory from /usr/bin/time.  Every figure is the median of --runs runs after
-one warm-up.
+one warm-up.  The warm-up also fills llmx's packed weight cache (a folder of this run's),
+which later runs map instead of packing the weights again, as every run after a
+checkpoint's first does; f32 is timed a second time with the cache off
+(LLMX_WEIGHT_CACHE=off), packing at every load.
 
 Run from the repository root (versions: scripts/requirements.txt):
     cargo build --release && scripts/fetch_test_models.sh
@@ -221,14 +224,16 @@ def hf_text2text(folder, lines, num_beams, runs):
 # ---- llmx, whole process ------------------------------------------------------------------
 
 
-def llmx_run(binary, args, runs):
+def llmx_run(binary, args, runs, weight_cache):
     """Median wall seconds and the largest peak RSS (MiB) over the runs."""
     walls, peaks = [], []
+    env = dict(os.environ, LLMX_WEIGHT_CACHE=weight_cache)
     with tempfile.NamedTemporaryFile("r", suffix=".time") as rusage:
         command = ["/usr/bin/time", "-o", rusage.name, "-f", "%M", binary, *args]
         for i in range(runs + 1):
             start = time.perf_counter()
-            done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                  env=env)
             wall = time.perf_counter() - start
             if done.returncode != 0:
                 raise SystemExit(f"llmx {' '.join(args)} failed:\n{done.stderr}")
@@ -265,6 +270,7 @@ def main():
         with open(os.path.join(work, name), "w", encoding="utf-8") as f:
             f.write("\n".join(content) + "\n")
     lines_file, t2t_file = os.path.join(work, "lines.txt"), os.path.join(work, "t2t.txt")
+    cache = os.path.join(work, "packed")
 
     t2t_args = ["--max-new-tokens", str(T2T_NEW_TOKENS), "--min-new-tokens", str(T2T_NEW_TOKENS)]
     workloads = [
@@ -290,10 +296,11 @@ def main():
         folder = folders[model]
         row = {"workload": name, "weights_mib": weights_mib(folder)}
         common = ["--model", folder, "--offline", "--quiet"]
-        row["llmx_s"], row["llmx_peak_mib"] = llmx_run(args.llmx, llmx_args + common, args.runs)
+        row["llmx_s"], row["llmx_peak_mib"] = llmx_run(args.llmx, llmx_args + common, args.runs, cache)
+        row["packing_s"], _ = llmx_run(args.llmx, llmx_args + common, args.runs, "off")
         if not args.no_quantize:
             row["q8_s"], row["q8_peak_mib"] = llmx_run(
-                args.llmx, llmx_args + common + ["--quantize", "q8"], args.runs)
+                args.llmx, llmx_args + common + ["--quantize", "q8"], args.runs, cache)
         if not args.no_transformers:
             ways = hf()
             best = min(ways, key=ways.get)
@@ -304,10 +311,12 @@ def main():
 
     if not args.only or "cold-start" in args.only:
         one = ["classify", "--model", folders["distilbert"], "--offline", "--quiet", "Hello, my dog is cute"]
-        cold, peak = llmx_run(args.llmx, one, max(args.runs, 5))
-        results.append({"workload": "cold-start", "llmx_s": cold, "llmx_peak_mib": peak,
+        cold, peak = llmx_run(args.llmx, one, max(args.runs, 5), cache)
+        packing, _ = llmx_run(args.llmx, one, max(args.runs, 5), "off")
+        results.append({"workload": "cold-start", "llmx_s": cold, "llmx_peak_mib": peak, "packing_s": packing,
                         "weights_mib": weights_mib(folders["distilbert"])})
-        print(f"cold start (classify, one line, distilbert-base on disk): {cold:.3f} s, peak {peak:.0f} MiB")
+        print(f"cold start (classify, one line, distilbert-base on disk): {cold:.3f} s, peak {peak:.0f} MiB; "
+              f"packing at load (no weight cache): {packing:.3f} s")
 
     print()
     print_table(results)
@@ -318,7 +327,7 @@ def main():
 
 
 def print_row(row):
-    parts = [f"{row['workload']}: llmx {row['llmx_s']:.2f} s"]
+    parts = [f"{row['workload']}: llmx {row['llmx_s']:.2f} s", f"no weight cache {row['packing_s']:.2f} s"]
     if "q8_s" in row:
         parts.append(f"q8 {row['q8_s']:.2f} s")
     if "transformers_s" in row:
@@ -329,7 +338,7 @@ def print_row(row):
 
 def print_table(results):
     header = ("| workload | transformers s (fastest way) | llmx f32 s | ratio | llmx q8 s | q8 ratio "
-              "| llmx peak RSS f32 / q8 MiB | weights MiB |")
+              "| f32 without the weight cache s (ratio) | llmx peak RSS f32 / q8 MiB | weights MiB |")
     print(header)
     print("|" + "---|" * header.count(" |"))
     for row in results:
@@ -344,6 +353,7 @@ def print_table(results):
             f"{hf / row['llmx_s']:.2f}x" if hf else "-",
             f"{q8:.2f}" if q8 else "-",
             f"{hf / q8:.2f}x" if hf and q8 else "-",
+            f"{row['packing_s']:.2f}" + (f" ({hf / row['packing_s']:.2f}x)" if hf else ""),
             f"{row['llmx_peak_mib']:.0f} / {row['q8_peak_mib']:.0f}" if q8 else f"{row['llmx_peak_mib']:.0f}",
             f"{row['weights_mib']:.0f}",
         ]

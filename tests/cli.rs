@@ -14,12 +14,14 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// `llmx` with an empty, offline hub cache, so no test can reach the network.
+/// `llmx` with an empty, offline hub cache, so no test can reach the network, and a
+/// packed weight cache of its own beside it.
 fn llmx(cache: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_llmx"));
     command
         .env("HF_HUB_CACHE", cache)
         .env("HF_HUB_OFFLINE", "1")
+        .env("LLMX_WEIGHT_CACHE", cache.join(".llmx-packed"))
         .env_remove("HF_HOME")
         .stdin(Stdio::null());
     command
@@ -502,6 +504,77 @@ fn usage_errors_exit_2() {
         "{}",
         stderr(&missing)
     );
+}
+
+/// Packed weights written by a first load and mapped by later ones give the records that
+/// packing at every load gives, in f32 and q8; a damaged cache file is packed again.
+#[test]
+fn the_packed_weight_cache_changes_no_output() {
+    let cache = tempfile::tempdir().unwrap();
+    let packed = cache.path().join("packed");
+    let jobs: [(&str, &str, &[&str]); 3] = [
+        (
+            "gpt2-tiny",
+            "generate",
+            &["--greedy", "--max-new-tokens", "6", PROMPT],
+        ),
+        (
+            "t5-v1_0",
+            "text2text",
+            &["--num-beams", "2", "--max-new-tokens", "5", "hello"],
+        ),
+        (
+            "bert-cls3",
+            "classify",
+            &["hi there", "a longer sentence about dogs"],
+        ),
+    ];
+    let run_job = |(model, command, args): (&str, &str, &[&str]), quantize, weight_cache: &Path| {
+        let output = run(llmx(cache.path())
+            .env("LLMX_WEIGHT_CACHE", weight_cache)
+            .args([command, "--json", "--quantize", quantize, "--model"])
+            .arg(fixture(model))
+            .args(args));
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let runs_all = |weight_cache: &Path| {
+        ["none", "q8"]
+            .iter()
+            .flat_map(|quantize| jobs.iter().map(|&job| run_job(job, quantize, weight_cache)))
+            .collect::<Vec<_>>()
+    };
+    let packing = runs_all(Path::new("off"));
+    assert_eq!(runs_all(&packed), packing, "first load, writing the cache");
+    assert_eq!(runs_all(&packed), packing, "later load, mapping it");
+
+    // One file per model and layout, where this CPU has the packed kernels.
+    let files: Vec<PathBuf> = std::fs::read_dir(&packed)
+        .map(|dir| dir.map(|entry| entry.unwrap().path()).collect())
+        .unwrap_or_default();
+    assert!(files
+        .iter()
+        .all(|f| f.extension().is_some_and(|e| e == "llmx-packed")));
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512vnni") {
+        assert_eq!(files.len(), 6, "{files:?}");
+    }
+    for file in &files {
+        let length = std::fs::metadata(file).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(file)
+            .unwrap()
+            .set_len(length / 2)
+            .unwrap();
+    }
+    assert_eq!(runs_all(&packed), packing, "damaged files");
+    for file in &files {
+        assert!(
+            std::fs::metadata(file).unwrap().len() > 0,
+            "{file:?} was rewritten"
+        );
+    }
 }
 
 /// `--quantize q8` serves every model command; it computes in f32.

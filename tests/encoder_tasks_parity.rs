@@ -31,6 +31,8 @@ fn options() -> LoadOptions {
         device: DeviceChoice::Cpu,
         dtype: DTypeChoice::F32,
         quantization: llmx::models::Quantization::None,
+        // Packing at every load: tests/cli.rs shows the cache gives the same bytes.
+        weight_cache: None,
     }
 }
 

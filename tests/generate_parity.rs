@@ -93,6 +93,8 @@ fn load() -> TextGenerator {
         device: DeviceChoice::Cpu,
         dtype: DTypeChoice::F32,
         quantization: llmx::models::Quantization::None,
+        // Packing at every load: tests/cli.rs shows the cache gives the same bytes.
+        weight_cache: None,
     };
     TextGenerator::load(fixture().to_str().unwrap(), &options).unwrap()
 }

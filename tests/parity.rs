@@ -61,6 +61,8 @@ fn load(name: &str) -> Classifier {
         device: DeviceChoice::Cpu,
         dtype: DTypeChoice::F32,
         quantization: llmx::models::Quantization::None,
+        // Packing at every load: tests/cli.rs shows the cache gives the same bytes.
+        weight_cache: None,
     };
     Classifier::load(fixture(name).to_str().unwrap(), &options).unwrap()
 }

@@ -27,6 +27,8 @@ fn options(quantization: Quantization) -> LoadOptions {
         device: DeviceChoice::Cpu,
         dtype: DTypeChoice::Auto,
         quantization,
+        // Packing at every load: tests/cli.rs shows the cache gives the same bytes.
+        weight_cache: None,
     }
 }
 

@@ -38,6 +38,8 @@ fn load(name: &str) -> Seq2Seq {
         device: DeviceChoice::Cpu,
         dtype: DTypeChoice::F32,
         quantization: llmx::models::Quantization::None,
+        // Packing at every load: tests/cli.rs shows the cache gives the same bytes.
+        weight_cache: None,
     };
     Seq2Seq::load(fixture(name).to_str().unwrap(), &options).unwrap()
 }

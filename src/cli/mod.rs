@@ -122,6 +122,7 @@ fn load_options(model: &ModelArgs, device: &DeviceArgs, reporter: &Reporter) -> 
         device: device.device,
         dtype: device.dtype,
         quantization: device.quantize,
+        weight_cache: crate::tasks::weight_cache_from_env(),
     }
 }
 

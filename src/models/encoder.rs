@@ -5,7 +5,9 @@
 //! opposite mask conventions, and its BERT cannot do RoBERTa's position ids.
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_nn::{Embedding, LayerNorm};
+
+use super::Weights;
 
 use super::attention::{attention, split_heads};
 use super::layers::{self, Activation, Linear, Quantization};
@@ -77,20 +79,14 @@ struct Embeddings {
 }
 
 impl Embeddings {
-    fn load(vb: VarBuilder, cfg: &EncoderConfig, names: &WeightNames) -> Result<Self> {
+    fn load(vb: Weights, cfg: &EncoderConfig, names: &WeightNames) -> Result<Self> {
         let hidden = cfg.hidden_size;
         let token_types = (cfg.type_vocab_size > 0)
-            .then(|| {
-                candle_nn::embedding(cfg.type_vocab_size, hidden, vb.pp("token_type_embeddings"))
-            })
+            .then(|| layers::embedding(cfg.type_vocab_size, hidden, vb.pp("token_type_embeddings")))
             .transpose()?;
         Ok(Embeddings {
-            words: candle_nn::embedding(cfg.vocab_size, hidden, vb.pp("word_embeddings"))?,
-            positions: candle_nn::embedding(
-                cfg.max_positions,
-                hidden,
-                vb.pp("position_embeddings"),
-            )?,
+            words: layers::embedding(cfg.vocab_size, hidden, vb.pp("word_embeddings"))?,
+            positions: layers::embedding(cfg.max_positions, hidden, vb.pp("position_embeddings"))?,
             token_types,
             reads_token_types: cfg.reads_token_types,
             norm: layers::layer_norm(hidden, cfg.layer_norm_eps, vb.pp(names.embedding_norm))?,
@@ -162,7 +158,7 @@ struct Layer {
 
 impl Layer {
     fn load(
-        vb: VarBuilder,
+        vb: Weights,
         cfg: &EncoderConfig,
         names: &WeightNames,
         quantization: Quantization,
@@ -216,7 +212,7 @@ pub struct Encoder {
 impl Encoder {
     /// Loads from `vb` rooted at the encoder's prefix (e.g. `bert`, `distilbert`).
     pub fn load(
-        vb: VarBuilder,
+        vb: Weights,
         cfg: &EncoderConfig,
         names: &WeightNames,
         quantization: Quantization,

@@ -4,7 +4,9 @@
 //! multiplied as stored rather than transposed into `Linear`s: no copy, the mmap stays.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_nn::{Embedding, LayerNorm};
+
+use super::Weights;
 use serde::Deserialize;
 
 use super::attention::{attention, split_heads};
@@ -51,12 +53,8 @@ impl Gpt2Config {
 }
 
 /// GPT-2's Conv1D: a linear layer with its weight stored `[in, out]`.
-fn conv1d(in_dim: usize, out_dim: usize, vb: VarBuilder, q: Quantization) -> Result<Linear> {
-    Linear::from_in_out(
-        vb.get((in_dim, out_dim), "weight")?,
-        Some(vb.get(out_dim, "bias")?),
-        q,
-    )
+fn conv1d(in_dim: usize, out_dim: usize, vb: Weights, q: Quantization) -> Result<Linear> {
+    layers::linear_in_out(in_dim, out_dim, vb, q)
 }
 
 struct Block {
@@ -73,7 +71,7 @@ struct Block {
 }
 
 impl Block {
-    fn load(vb: VarBuilder, cfg: &Gpt2Config, index: usize, q: Quantization) -> Result<Self> {
+    fn load(vb: Weights, cfg: &Gpt2Config, index: usize, q: Quantization) -> Result<Self> {
         let (embd, eps) = (cfg.n_embd, cfg.layer_norm_epsilon);
         let inner = cfg.n_inner.unwrap_or(4 * embd);
         let mut scale = 1.0;
@@ -130,7 +128,7 @@ pub struct Gpt2 {
 }
 
 impl Gpt2 {
-    pub fn load(vb: VarBuilder, config: &Gpt2Config, q: Quantization) -> Result<Self> {
+    pub fn load(vb: Weights, config: &Gpt2Config, q: Quantization) -> Result<Self> {
         if config.n_head == 0 || !config.n_embd.is_multiple_of(config.n_head) {
             candle_core::bail!(
                 "n_embd {} is not divisible by {} heads",
@@ -145,15 +143,14 @@ impl Gpt2 {
             vb.clone()
         };
         let vocab = (config.vocab_size, config.n_embd);
-        let wte = body.get(vocab, "wte.weight")?;
+        let table = body.path("wte.weight");
         let head = vb
             .contains_tensor("lm_head.weight")
-            .then(|| vb.get(vocab, "lm_head.weight"))
-            .transpose()?;
+            .then_some("lm_head.weight");
         // First, while little else is loaded: packing holds the table twice for a moment.
-        let words = WordEmbeddings::new(wte, head, q)?;
+        let words = WordEmbeddings::load(&vb, &table, head, vocab, q)?;
         Ok(Gpt2 {
-            wpe: candle_nn::embedding(config.n_positions, config.n_embd, body.pp("wpe"))?,
+            wpe: layers::embedding(config.n_positions, config.n_embd, body.pp("wpe"))?,
             blocks: (0..config.n_layer)
                 .map(|i| Block::load(body.pp("h").pp(i), config, i, q))
                 .collect::<Result<_>>()?,

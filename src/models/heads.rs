@@ -1,7 +1,7 @@
 //! Task heads that sit on an encoder's hidden states.
 
+use super::Weights;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::VarBuilder;
 
 use super::encoder::Encoder;
 use super::layers::{self, Activation, Linear, Quantization};
@@ -24,7 +24,7 @@ struct FirstTokenHead {
 
 impl FirstTokenHead {
     fn load(
-        vb: VarBuilder,
+        vb: Weights,
         names: &HeadNames,
         hidden: usize,
         outputs: usize,
@@ -53,7 +53,7 @@ pub struct SequenceClassifier {
 impl SequenceClassifier {
     pub(super) fn new(
         encoder: Encoder,
-        vb: VarBuilder,
+        vb: Weights,
         names: &HeadNames,
         hidden: usize,
         num_labels: usize,
@@ -81,7 +81,7 @@ pub struct TokenClassifier {
 impl TokenClassifier {
     pub(super) fn new(
         encoder: Encoder,
-        vb: VarBuilder,
+        vb: Weights,
         hidden: usize,
         outputs: usize,
         quantization: Quantization,
@@ -119,7 +119,7 @@ pub struct MaskedLm {
 impl MaskedLm {
     pub(super) fn new(
         encoder: Encoder,
-        vb: VarBuilder,
+        vb: Weights,
         names: &MlmNames,
         cfg: &super::EncoderConfig,
         activation: Activation,

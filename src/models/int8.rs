@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 use super::fast_math::{panel_masks, tiled_product, SharedOut, PANEL};
 use super::layers::{Q8_0_BLOCK, Q8_0_BYTES};
+use super::weight_cache::{Plain, Slab, WeightCache};
 
 /// Input values per block, as in Q8_0.
 const BLOCK: usize = Q8_0_BLOCK;
@@ -50,15 +51,22 @@ struct Line([u8; 64]);
 #[repr(C, align(32))]
 struct Scales([u8; PANEL * 2]);
 
+// SAFETY: byte arrays of their alignment's size: no padding, any bits.
+unsafe impl Plain for Line {}
+unsafe impl Plain for Scales {}
+
+/// The layout's name in the weight cache.
+pub const KIND: &str = "q8";
+
 /// A Q8_0 weight `(out_dim, in_dim)` laid out in panels of 16 outputs for the kernel.
 #[derive(Debug, Clone)]
 pub struct PackedQ8 {
     out_dim: usize,
     in_dim: usize,
     /// Per panel, per block of inputs, `LINES` lines.
-    lines: Vec<Line>,
+    lines: Slab<Line>,
     /// Per panel, per block of inputs.
-    scales: Vec<Scales>,
+    scales: Slab<Scales>,
 }
 
 impl PackedQ8 {
@@ -93,7 +101,7 @@ impl PackedQ8 {
                 }
                 Line(bytes)
             })
-            .collect();
+            .collect::<Vec<_>>();
         let scales = (0..panels * blocks_per_row)
             .into_par_iter()
             .with_min_len(1024)
@@ -107,13 +115,39 @@ impl PackedQ8 {
                 }
                 Scales(bytes)
             })
-            .collect();
+            .collect::<Vec<_>>();
         PackedQ8 {
             out_dim,
             in_dim,
-            lines,
-            scales,
+            lines: lines.into(),
+            scales: scales.into(),
         }
+    }
+
+    /// The weight `name` as an earlier load packed it into `cache`, if it is there.
+    pub fn from_cache(
+        cache: &WeightCache,
+        name: &str,
+        out_dim: usize,
+        in_dim: usize,
+    ) -> Option<Self> {
+        if !in_dim.is_multiple_of(BLOCK) {
+            return None;
+        }
+        let found = cache.find(name, KIND, out_dim, in_dim)?;
+        let panel_blocks = out_dim.div_ceil(PANEL) * in_dim / BLOCK;
+        Some(PackedQ8 {
+            out_dim,
+            in_dim,
+            lines: found.slab(0, panel_blocks * LINES)?,
+            scales: found.slab(1, panel_blocks)?,
+        })
+    }
+
+    /// Adds the packed weight to the `cache` being written, as `name`.
+    pub fn keep_in(&self, cache: &WeightCache, name: &str) {
+        let arrays = [self.lines.as_bytes(), self.scales.as_bytes()];
+        cache.keep(name, KIND, self.out_dim, self.in_dim, &arrays);
     }
 
     pub fn out_dim(&self) -> usize {

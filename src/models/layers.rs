@@ -3,11 +3,14 @@
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_nn::{Embedding, LayerNorm};
+
+use super::Weights;
 use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::fast_math;
+use super::weight_cache::WeightCache;
 #[cfg(target_arch = "x86_64")]
 use super::{int8, packed_f32};
 
@@ -87,45 +90,8 @@ const SKINNY_MAX_ROWS: usize = 16;
 impl Linear {
     /// From a weight stored `(out, in)`, as `nn.Linear` stores it.
     pub fn new(weight: Tensor, bias: Option<Tensor>, quantization: Quantization) -> Result<Self> {
-        let weight = match quantization {
-            Quantization::None => unquantized(weight)?,
-            Quantization::Q8 => quantized(weight)?,
-        };
+        let weight = LinearWeight::new(weight, quantization)?;
         Ok(Linear { weight, bias })
-    }
-
-    /// From a weight stored `(in, out)`, as GPT-2's Conv1D stores it; transposed once at
-    /// load, so that every kernel reads one output's weights contiguously.
-    pub fn from_in_out(
-        weight: Tensor,
-        bias: Option<Tensor>,
-        quantization: Quantization,
-    ) -> Result<Self> {
-        let (in_dim, out_dim) = weight.dims2()?;
-        if quantization == Quantization::Q8 && in_dim % Q8_0_BLOCK == 0 {
-            // Blocks read down the columns: no transposed f32 copy on the way.
-            let columns = |values: &[f32]| q8_0_column_blocks(values, in_dim, out_dim);
-            if let Some(blocks) = fast_math::with_f32_slice(&weight, columns)? {
-                let weight = quantized_from_blocks(blocks, out_dim, in_dim, weight.device())?;
-                return Ok(Linear { weight, bias });
-            }
-        }
-        #[cfg(target_arch = "x86_64")]
-        if quantization == Quantization::None && packs_f32(&weight) {
-            let packed =
-                |values: &[f32]| packed_f32::PackedF32::from_in_out(values, in_dim, out_dim);
-            if let Some(packed) = fast_math::with_f32_slice(&weight, packed)? {
-                let weight = LinearWeight::PackedF32(packed);
-                return Ok(Linear { weight, bias });
-            }
-        }
-        let transposed = match fast_math::with_f32_slice(&weight, |values| {
-            fast_math::transpose(values, in_dim, out_dim)
-        })? {
-            Some(values) => Tensor::from_vec(values, (out_dim, in_dim), weight.device())?,
-            None => weight.t()?.contiguous()?,
-        };
-        Linear::new(transposed, bias, quantization)
     }
 
     /// The rows of the `(out, in)` weight for the outputs `ids`, shaped `ids` + `(in,)`, when
@@ -154,6 +120,124 @@ impl Linear {
         }
         Ok(None)
     }
+}
+
+impl LinearWeight {
+    fn new(weight: Tensor, quantization: Quantization) -> Result<Self> {
+        match quantization {
+            Quantization::None => unquantized(weight),
+            Quantization::Q8 => quantized(weight),
+        }
+    }
+
+    /// From `(in, out)`: transposed once at load, so that every kernel reads one output's
+    /// weights contiguously.
+    fn from_in_out(weight: Tensor, quantization: Quantization) -> Result<Self> {
+        let (in_dim, out_dim) = weight.dims2()?;
+        if quantization == Quantization::Q8 && in_dim % Q8_0_BLOCK == 0 {
+            // Blocks read down the columns: no transposed f32 copy on the way.
+            let columns = |values: &[f32]| q8_0_column_blocks(values, in_dim, out_dim);
+            if let Some(blocks) = fast_math::with_f32_slice(&weight, columns)? {
+                return quantized_from_blocks(blocks, out_dim, in_dim, weight.device());
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if quantization == Quantization::None && packs_f32(&weight) {
+            let packed =
+                |values: &[f32]| packed_f32::PackedF32::from_in_out(values, in_dim, out_dim);
+            if let Some(packed) = fast_math::with_f32_slice(&weight, packed)? {
+                return Ok(LinearWeight::PackedF32(packed));
+            }
+        }
+        let transposed = match fast_math::with_f32_slice(&weight, |values| {
+            fast_math::transpose(values, in_dim, out_dim)
+        })? {
+            Some(values) => Tensor::from_vec(values, (out_dim, in_dim), weight.device())?,
+            None => weight.t()?.contiguous()?,
+        };
+        LinearWeight::new(transposed, quantization)
+    }
+
+    /// The weight `name` `(out_dim, in_dim)` as an earlier load packed it into `cache`.
+    fn from_cache(cache: &WeightCache, name: &str, out_dim: usize, in_dim: usize) -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        match cache.kind(name)? {
+            packed_f32::KIND => {
+                let packed = packed_f32::PackedF32::from_cache(cache, name, out_dim, in_dim)?;
+                return Some(LinearWeight::PackedF32(packed));
+            }
+            int8::KIND => {
+                let packed = int8::PackedQ8::from_cache(cache, name, out_dim, in_dim)?;
+                return Some(LinearWeight::PackedQ8(packed));
+            }
+            _ => {}
+        }
+        let _ = (cache, name, out_dim, in_dim);
+        None
+    }
+
+    /// Adds a packed weight to the `cache` being written; the others are not kept.
+    fn keep_in(&self, cache: &WeightCache, name: &str) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            LinearWeight::PackedF32(weight) => weight.keep_in(cache, name),
+            #[cfg(target_arch = "x86_64")]
+            LinearWeight::PackedQ8(weight) => weight.keep_in(cache, name),
+            _ => {}
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn is_packed_f32(&self) -> bool {
+        matches!(self, LinearWeight::PackedF32(_))
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn is_packed_f32(&self) -> bool {
+        false
+    }
+}
+
+/// The layout of packed linear weights (`models::WeightCache`'s files are per layout) for
+/// a model on `device` in `dtype`; `None` where nothing is packed.
+pub fn packed_layout(
+    quantization: Quantization,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    if device.is_cpu() && dtype == DType::F32 && packed_f32::supported() {
+        return match quantization {
+            Quantization::None => Some(packed_f32::KIND),
+            // Layers that Q8_0 cannot take (inputs not whole blocks) are packed in f32.
+            Quantization::Q8 if int8::supported() => Some(int8::KIND),
+            Quantization::Q8 => None,
+        };
+    }
+    let _ = (quantization, dtype, device);
+    None
+}
+
+/// The weight `(out_dim, in_dim)` of a linear layer stored as the tensors `names` (several
+/// when fused): read from the packed cache if an earlier load kept it there, else made by
+/// `make` and kept for the next load.
+fn cached_weight(
+    vb: &Weights,
+    names: &[String],
+    out_dim: usize,
+    in_dim: usize,
+    make: impl FnOnce() -> Result<LinearWeight>,
+) -> Result<LinearWeight> {
+    let Some(cache) = vb.cache() else {
+        return make();
+    };
+    let name = names.join("+");
+    if let Some(weight) = LinearWeight::from_cache(cache, &name, out_dim, in_dim) {
+        return Ok(weight);
+    }
+    let weight = make()?;
+    weight.keep_in(cache, &name);
+    Ok(weight)
 }
 
 /// Whether f32 weights go to the packed kernels: on CPUs that have them.
@@ -193,15 +277,47 @@ impl WordEmbeddings {
         let (dtype, hidden) = (table.dtype(), table.dim(1)?);
         let tied = head.is_none();
         let head = Linear::new(head.unwrap_or_else(|| table.clone()), None, quantization)?;
-        #[cfg(target_arch = "x86_64")]
-        let shares_head = tied && matches!(head.weight, LinearWeight::PackedF32(_));
-        #[cfg(not(target_arch = "x86_64"))]
-        let shares_head = false;
+        let shares_head = tied && head.weight.is_packed_f32();
         Ok(WordEmbeddings {
             table: (!shares_head).then(|| Embedding::new(table, hidden)),
             head,
             dtype,
         })
+    }
+
+    /// The table stored as `table` and the head as `head` (`None`: tied to the table), both
+    /// `(vocab, hidden)`. A head in the packed cache is read from there, and a tied one in
+    /// f32 then needs nothing else from the checkpoint.
+    pub fn load(
+        vb: &Weights,
+        table: &str,
+        head: Option<&str>,
+        (vocab, hidden): (usize, usize),
+        quantization: Quantization,
+    ) -> Result<Self> {
+        let name = vb.path(head.unwrap_or(table));
+        let cached = vb
+            .cache()
+            .and_then(|cache| LinearWeight::from_cache(cache, &name, vocab, hidden));
+        if let Some(weight) = cached {
+            let shares_head = head.is_none() && weight.is_packed_f32();
+            let table = if shares_head {
+                None
+            } else {
+                Some(Embedding::new(vb.get((vocab, hidden), table)?, hidden))
+            };
+            return Ok(WordEmbeddings {
+                table,
+                head: Linear { weight, bias: None },
+                dtype: vb.dtype(),
+            });
+        }
+        let head = head.map(|head| vb.get((vocab, hidden), head)).transpose()?;
+        let words = WordEmbeddings::new(vb.get((vocab, hidden), table)?, head, quantization)?;
+        if let Some(cache) = vb.cache() {
+            words.head.weight.keep_in(cache, &name);
+        }
+        Ok(words)
     }
 
     /// `(ids.., hidden)` embeddings of token `ids`.
@@ -526,24 +642,53 @@ fn gemm_product(
 pub fn linear(
     in_dim: usize,
     out_dim: usize,
-    vb: VarBuilder,
+    vb: Weights,
     quantization: Quantization,
 ) -> Result<Linear> {
-    Linear::new(
-        vb.get((out_dim, in_dim), "weight")?,
-        Some(vb.get(out_dim, "bias")?),
-        quantization,
-    )
+    let bias = Some(vb.get(out_dim, "bias")?);
+    Ok(Linear {
+        weight: stored_out_in(in_dim, out_dim, &vb, quantization)?,
+        bias,
+    })
+}
+
+/// The weight of a linear layer stored `(out, in)` as `weight`.
+fn stored_out_in(
+    in_dim: usize,
+    out_dim: usize,
+    vb: &Weights,
+    quantization: Quantization,
+) -> Result<LinearWeight> {
+    cached_weight(vb, &[vb.path("weight")], out_dim, in_dim, || {
+        LinearWeight::new(vb.get((out_dim, in_dim), "weight")?, quantization)
+    })
+}
+
+/// A linear layer stored with its weight `(in, out)` (GPT-2's Conv1D) and a bias.
+pub fn linear_in_out(
+    in_dim: usize,
+    out_dim: usize,
+    vb: Weights,
+    quantization: Quantization,
+) -> Result<Linear> {
+    let bias = Some(vb.get(out_dim, "bias")?);
+    let weight = cached_weight(&vb, &[vb.path("weight")], out_dim, in_dim, || {
+        LinearWeight::from_in_out(vb.get((in_dim, out_dim), "weight")?, quantization)
+    })?;
+    Ok(Linear { weight, bias })
 }
 
 /// A linear layer with no bias (T5).
 pub fn linear_no_bias(
     in_dim: usize,
     out_dim: usize,
-    vb: VarBuilder,
+    vb: Weights,
     quantization: Quantization,
 ) -> Result<Linear> {
-    Linear::new(vb.get((out_dim, in_dim), "weight")?, None, quantization)
+    Ok(Linear {
+        weight: stored_out_in(in_dim, out_dim, &vb, quantization)?,
+        bias: None,
+    })
 }
 
 /// Several projections of the same input fused into one matrix, so that one GEMM
@@ -551,25 +696,39 @@ pub fn linear_no_bias(
 pub fn fused_linear(
     in_dim: usize,
     out_dims: &[usize],
-    vbs: &[VarBuilder],
+    vbs: &[Weights],
     with_bias: bool,
     quantization: Quantization,
 ) -> Result<Linear> {
-    let mut weights = Vec::with_capacity(vbs.len());
-    let mut biases = Vec::with_capacity(vbs.len());
-    for (&out_dim, vb) in out_dims.iter().zip(vbs) {
-        weights.push(vb.get((out_dim, in_dim), "weight")?);
-        if with_bias {
-            biases.push(vb.get(out_dim, "bias")?);
-        }
-    }
-    let bias = with_bias.then(|| Tensor::cat(&biases, 0)).transpose()?;
-    Linear::new(Tensor::cat(&weights, 0)?, bias, quantization)
+    let bias = if with_bias {
+        let biases = (out_dims.iter().zip(vbs))
+            .map(|(&out_dim, vb)| vb.get(out_dim, "bias"))
+            .collect::<Result<Vec<_>>>()?;
+        Some(Tensor::cat(&biases, 0)?)
+    } else {
+        None
+    };
+    let Some(first) = vbs.first() else {
+        candle_core::bail!("a fused linear layer needs at least one projection");
+    };
+    let names: Vec<String> = vbs.iter().map(|vb| vb.path("weight")).collect();
+    let weight = cached_weight(first, &names, out_dims.iter().sum(), in_dim, || {
+        let weights = (out_dims.iter().zip(vbs))
+            .map(|(&out_dim, vb)| vb.get((out_dim, in_dim), "weight"))
+            .collect::<Result<Vec<_>>>()?;
+        LinearWeight::new(Tensor::cat(&weights, 0)?, quantization)
+    })?;
+    Ok(Linear { weight, bias })
+}
+
+/// An embedding table of `count` vectors of `hidden` values, stored as `weight`.
+pub fn embedding(count: usize, hidden: usize, vb: Weights) -> Result<Embedding> {
+    Ok(Embedding::new(vb.get((count, hidden), "weight")?, hidden))
 }
 
 /// A LayerNorm stored as `weight`/`bias`, or as `gamma`/`beta` in older BERT checkpoints
 /// (transformers renames those on load).
-pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
+pub fn layer_norm(size: usize, eps: f64, vb: Weights) -> Result<LayerNorm> {
     let (weight, bias) = if vb.contains_tensor("weight") || !vb.contains_tensor("gamma") {
         ("weight", "bias")
     } else {

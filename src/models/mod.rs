@@ -17,18 +17,19 @@ mod layers;
 #[cfg(target_arch = "x86_64")]
 mod packed_f32;
 pub mod t5;
+mod weight_cache;
 mod weights;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
 
 pub use encoder::{Encoder, EncoderConfig, Positions};
 pub use heads::{MaskedLm, SequenceClassifier, TokenClassifier};
-pub use layers::Quantization;
-pub use weights::mmap_weights;
+pub use layers::{packed_layout, Quantization};
+pub use weight_cache::WeightCache;
+pub use weights::{mmap_weights, Weights};
 
 use crate::error::{Error, Result};
 
@@ -246,7 +247,7 @@ pub fn encoder_config(config: &ModelConfig) -> Result<EncoderConfig> {
 pub fn load_encoder(
     config: &ModelConfig,
     encoder_config: &EncoderConfig,
-    vb: VarBuilder,
+    vb: Weights,
     quantization: Quantization,
 ) -> Result<Encoder> {
     let (prefix, weights) = match config.family {
@@ -270,7 +271,7 @@ pub fn load_encoder(
 pub fn load_masked_lm(
     config: &ModelConfig,
     encoder_config: &EncoderConfig,
-    vb: VarBuilder,
+    vb: Weights,
     quantization: Quantization,
 ) -> Result<MaskedLm> {
     let (names, activation) = match config.family {
@@ -298,7 +299,7 @@ pub fn load_masked_lm(
 pub fn load_token_head(
     config: &ModelConfig,
     encoder_config: &EncoderConfig,
-    vb: VarBuilder,
+    vb: Weights,
     head: &str,
     outputs: usize,
     quantization: Quantization,
@@ -319,7 +320,7 @@ pub fn load_sequence_classifier(
     config: &ModelConfig,
     encoder_config: &EncoderConfig,
     num_labels: usize,
-    vb: VarBuilder,
+    vb: Weights,
     quantization: Quantization,
 ) -> Result<SequenceClassifier> {
     let (prefix, weights, head) = match config.family {

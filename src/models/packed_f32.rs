@@ -13,6 +13,7 @@ use std::arch::x86_64::*;
 use rayon::prelude::*;
 
 use super::fast_math::{panel_masks, tiled_product, SharedOut, PANEL};
+use super::weight_cache::{Plain, Slab, WeightCache};
 
 /// Input rows per register tile: 6 x 4 panels are 24 sums, beside 4 weight vectors and a
 /// broadcast input in the 32 vector registers.
@@ -33,13 +34,19 @@ pub fn supported() -> bool {
 #[repr(C, align(64))]
 struct Lanes([f32; PANEL]);
 
+// SAFETY: 16 f32 in one 64-byte line: no padding, any bits.
+unsafe impl Plain for Lanes {}
+
+/// The layout's name in the weight cache.
+pub const KIND: &str = "f32";
+
 /// An f32 weight `(out_dim, in_dim)` laid out in panels of 16 outputs for the kernel.
 #[derive(Debug, Clone)]
 pub struct PackedF32 {
     out_dim: usize,
     in_dim: usize,
     /// Per panel, per input, the panel's 16 weights (zero past `out_dim`).
-    lanes: Vec<Lanes>,
+    lanes: Slab<Lanes>,
 }
 
 impl PackedF32 {
@@ -80,12 +87,38 @@ impl PackedF32 {
                     }
                 }))
             })
-            .collect();
+            .collect::<Vec<_>>();
         PackedF32 {
             out_dim,
             in_dim,
-            lanes,
+            lanes: lanes.into(),
         }
+    }
+
+    /// The weight `name` as an earlier load packed it into `cache`, if it is there.
+    pub fn from_cache(
+        cache: &WeightCache,
+        name: &str,
+        out_dim: usize,
+        in_dim: usize,
+    ) -> Option<Self> {
+        let found = cache.find(name, KIND, out_dim, in_dim)?;
+        Some(PackedF32 {
+            out_dim,
+            in_dim,
+            lanes: found.slab(0, out_dim.div_ceil(PANEL) * in_dim)?,
+        })
+    }
+
+    /// Adds the packed weight to the `cache` being written, as `name`.
+    pub fn keep_in(&self, cache: &WeightCache, name: &str) {
+        cache.keep(
+            name,
+            KIND,
+            self.out_dim,
+            self.in_dim,
+            &[self.lanes.as_bytes()],
+        );
     }
 
     /// The weights of output `output` (a row of the `(out_dim, in_dim)` weight), appended
@@ -242,7 +275,7 @@ mod tests {
             assert!(packed
                 .lanes
                 .iter()
-                .zip(&from_in_out.lanes)
+                .zip(from_in_out.lanes.iter())
                 .all(|(a, b)| a.0 == b.0));
             let mut unpacked = Vec::new();
             (0..out_dim).for_each(|o| packed.extend_with_output(o, &mut unpacked));

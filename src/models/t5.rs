@@ -6,7 +6,9 @@
 //! neither padded batches nor beam search would work.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, VarBuilder};
+use candle_nn::Embedding;
+
+use super::Weights;
 use serde::Deserialize;
 
 use super::attention::{attention, keys_by_dimension, split_heads};
@@ -166,7 +168,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(vb: VarBuilder, cfg: &T5Config, quantization: Quantization) -> Result<Self> {
+    fn load(vb: Weights, cfg: &T5Config, quantization: Quantization) -> Result<Self> {
         let inner = cfg.num_heads * cfg.d_kv;
         let linear = |in_dim, out_dim, name| {
             layers::linear_no_bias(in_dim, out_dim, vb.pp(name), quantization)
@@ -224,7 +226,7 @@ struct RmsNorm {
 }
 
 impl RmsNorm {
-    fn load(vb: VarBuilder, cfg: &T5Config) -> Result<Self> {
+    fn load(vb: Weights, cfg: &T5Config) -> Result<Self> {
         Ok(RmsNorm {
             weight: vb.get(cfg.d_model, "weight")?,
             eps: cfg.layer_norm_epsilon as f32,
@@ -254,7 +256,7 @@ struct FeedForward {
 }
 
 impl FeedForward {
-    fn load(vb: VarBuilder, cfg: &T5Config, quantization: Quantization) -> Result<Self> {
+    fn load(vb: Weights, cfg: &T5Config, quantization: Quantization) -> Result<Self> {
         let (activation, gated) = cfg.feed_forward().map_err(candle_core::Error::msg)?;
         let dense = vb.pp("DenseReluDense");
         let linear = |in_dim, out_dim, name| {
@@ -317,22 +319,19 @@ pub struct T5 {
 }
 
 impl T5 {
-    pub fn load(vb: VarBuilder, cfg: &T5Config, quantization: Quantization) -> Result<Self> {
+    pub fn load(vb: Weights, cfg: &T5Config, quantization: Quantization) -> Result<Self> {
         cfg.feed_forward().map_err(candle_core::Error::msg)?;
         // First, while little else is loaded: packing holds the table twice for a moment.
-        let shared = vb.get((cfg.vocab_size, cfg.d_model), "shared.weight")?;
         let (head, head_scale) = if cfg.tie_word_embeddings {
             (None, (cfg.d_model as f64).powf(-0.5))
         } else {
-            (
-                Some(vb.get((cfg.vocab_size, cfg.d_model), "lm_head.weight")?),
-                1.0,
-            )
+            (Some("lm_head.weight"), 1.0)
         };
-        let words = WordEmbeddings::new(shared, head, quantization)?;
+        let vocab = (cfg.vocab_size, cfg.d_model);
+        let words = WordEmbeddings::load(&vb, "shared.weight", head, vocab, quantization)?;
         let bias = |stack: &str, direction| -> Result<PositionBias> {
             Ok(PositionBias {
-                embedding: candle_nn::embedding(
+                embedding: layers::embedding(
                     cfg.relative_attention_num_buckets,
                     cfg.num_heads,
                     vb.pp(stack)

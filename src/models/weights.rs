@@ -1,6 +1,7 @@
 //! Reading weights out of memory-mapped safetensors files.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use candle_core::safetensors::{Load, MmapedSafetensors};
 use candle_core::{DType, Device, Result, Shape, Tensor};
@@ -8,15 +9,80 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
+use super::weight_cache::WeightCache;
 use crate::error::Error;
 
-/// Memory-maps safetensors files. Each file is checked on its own first, so that a truncated
-/// or corrupt one is named.
+/// A checkpoint's named tensors (candle's `VarBuilder`, under a prefix), and the packed
+/// weight cache where the CPU kernels will use one.
+#[derive(Clone)]
+pub struct Weights<'a> {
+    tensors: VarBuilder<'a>,
+    cache: Option<Arc<WeightCache>>,
+}
+
+impl<'a> Weights<'a> {
+    /// The tensors under `prefix.` (`pp` for "push prefix", as candle names it).
+    pub fn pp(&self, prefix: impl ToString) -> Self {
+        Weights {
+            tensors: self.tensors.pp(prefix),
+            cache: self.cache.clone(),
+        }
+    }
+
+    /// The tensor `name` under this prefix, which must have `shape`.
+    pub fn get(&self, shape: impl Into<Shape>, name: &str) -> Result<Tensor> {
+        self.tensors.get(shape, name)
+    }
+
+    pub fn contains_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_tensor(name)
+    }
+
+    /// The dtype tensors are converted to.
+    pub fn dtype(&self) -> DType {
+        self.tensors.dtype()
+    }
+
+    /// The full name of the tensor `name` under this prefix.
+    pub fn path(&self, name: &str) -> String {
+        match self.tensors.prefix() {
+            prefix if prefix.is_empty() => name.to_string(),
+            prefix => format!("{prefix}.{name}"),
+        }
+    }
+
+    /// The packed weight cache, if the layers go through one.
+    pub(crate) fn cache(&self) -> Option<&WeightCache> {
+        self.cache.as_deref()
+    }
+
+    /// Ends a load that went well: the packed weights of a first load are written for later
+    /// ones to map.
+    pub fn finish(&self) {
+        if let Some(cache) = &self.cache {
+            cache.commit();
+        }
+    }
+}
+
+/// Tensors from anywhere (e.g. random weights in a `VarMap`), without a cache.
+impl<'a> From<VarBuilder<'a>> for Weights<'a> {
+    fn from(tensors: VarBuilder<'a>) -> Self {
+        Weights {
+            tensors,
+            cache: None,
+        }
+    }
+}
+
+/// Memory-maps safetensors files, with the packed weight `cache` if any. Each file is
+/// checked on its own first, so that a truncated or corrupt one is named.
 pub fn mmap_weights(
     paths: &[PathBuf],
     dtype: DType,
     device: &Device,
-) -> crate::error::Result<VarBuilder<'static>> {
+    cache: Option<WeightCache>,
+) -> crate::error::Result<Weights<'static>> {
     for path in paths {
         // SAFETY: the mapping is read-only; like every mmap user we rely on the file not being
         // truncated underneath us while it is open.
@@ -27,11 +93,11 @@ pub fn mmap_weights(
     }
     // SAFETY: as above.
     let files = unsafe { MmapedSafetensors::multi(paths) }?;
-    Ok(VarBuilder::from_backend(
-        Box::new(MappedWeights(files)),
-        dtype,
-        device.clone(),
-    ))
+    let tensors = VarBuilder::from_backend(Box::new(MappedWeights(files)), dtype, device.clone());
+    Ok(Weights {
+        tensors,
+        cache: cache.map(Arc::new),
+    })
 }
 
 /// candle's own backend for mapped files, except that f32 weights bound for the CPU are

@@ -87,14 +87,15 @@ impl Classifier {
         let text = super::encoder_text(&repo, &encoder_config, None)?;
         let (device, dtype) = options.placement(Precision::HalfSafe)?;
         let (text, model) = super::beside_weights(text, || {
-            let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
-            models::load_sequence_classifier(
-                &config,
-                &encoder_config,
-                labels.len(),
-                vb,
-                options.quantization,
-            )
+            options.load_weights(&repo, (&device, dtype), |vb| {
+                models::load_sequence_classifier(
+                    &config,
+                    &encoder_config,
+                    labels.len(),
+                    vb,
+                    options.quantization,
+                )
+            })
         })?;
         Ok(Classifier {
             model,

@@ -160,8 +160,9 @@ impl Embedder {
         let text = super::encoder_text(&repo, &encoder_config, max_seq_length)?;
         let (device, dtype) = options.placement(Precision::HalfSafe)?;
         let (text, encoder) = super::beside_weights(text, || {
-            let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
-            models::load_encoder(&config, &encoder_config, vb, options.quantization)
+            options.load_weights(&repo, (&device, dtype), |vb| {
+                models::load_encoder(&config, &encoder_config, vb, options.quantization)
+            })
         })?;
         Ok(Embedder {
             encoder,

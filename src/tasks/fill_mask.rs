@@ -50,8 +50,9 @@ impl MaskFiller {
             super::special_token(&repo, "mask_token")?.unwrap_or_else(|| "[MASK]".to_string());
         let (device, dtype) = options.placement(Precision::HalfSafe)?;
         let (text, model) = super::beside_weights(text, || {
-            let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
-            models::load_masked_lm(&config, &encoder_config, vb, options.quantization)
+            options.load_weights(&repo, (&device, dtype), |vb| {
+                models::load_masked_lm(&config, &encoder_config, vb, options.quantization)
+            })
         })?;
         let Some(mask_id) = text.tokenizer().token_to_id(&mask_token) else {
             return Err(Error::config(

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::generation::{self, FinishReason, Flow, GenerationConfig, Overrides, RowLimits};
 use crate::hub::{self, ModelRepo};
 use crate::models::gpt2::{Gpt2, Gpt2Config, Gpt2Session};
-use crate::models::{self, ModelConfig, Task};
+use crate::models::{ModelConfig, Task};
 use crate::tokenize::{DecodeStream, Side, TextEncoder};
 
 pub const DEFAULT_MODEL: &str = "openai-community/gpt2";
@@ -65,8 +65,9 @@ impl TextGenerator {
         let text = move || TextEncoder::load(&tokenizer, window, pad_id, Side::Left);
         let (device, dtype) = options.placement(Precision::HalfSafe)?;
         let (text, model) = super::beside_weights(text, || {
-            let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
-            Gpt2::load(vb, &gpt2, options.quantization).map_err(Error::WeightLayout)
+            options.load_weights(&repo, (&device, dtype), |vb| {
+                Gpt2::load(vb, &gpt2, options.quantization).map_err(Error::WeightLayout)
+            })
         })?;
         Ok(TextGenerator {
             model,

@@ -10,14 +10,15 @@ pub mod qa;
 pub mod text2text;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 use serde::Deserialize;
 
 use crate::device::{self, DTypeChoice, DeviceChoice, Precision};
 use crate::error::{Error, Result};
-use crate::hub::HubOptions;
-use crate::models::{ModelConfig, Quantization};
+use crate::hub::{HubOptions, ModelRepo};
+use crate::models::{self, ModelConfig, Quantization, WeightCache, Weights};
 use crate::tokenize::{Batching, Encoding, Side, TextEncoder};
 
 /// The config.json fields of a classification head: labels and problem type.
@@ -58,6 +59,9 @@ pub struct LoadOptions {
     pub device: DeviceChoice,
     pub dtype: DTypeChoice,
     pub quantization: Quantization,
+    /// Where packed weights are kept between runs (`models::WeightCache`); `None` packs
+    /// them at every load.
+    pub weight_cache: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -67,7 +71,22 @@ impl Default for LoadOptions {
             device: DeviceChoice::default(),
             dtype: DTypeChoice::default(),
             quantization: Quantization::default(),
+            weight_cache: weight_cache_from_env(),
         }
+    }
+}
+
+/// The packed weight cache's folder: `LLMX_WEIGHT_CACHE` (`off` for none), else
+/// `$XDG_CACHE_HOME/llmx/packed`, else `~/.cache/llmx/packed`.
+pub fn weight_cache_from_env() -> Option<PathBuf> {
+    let set = |name| std::env::var_os(name).filter(|value| !value.is_empty());
+    match set("LLMX_WEIGHT_CACHE") {
+        Some(value) if value == "off" => None,
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => set("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| set("HOME").map(|home| PathBuf::from(home).join(".cache")))
+            .map(|cache| cache.join("llmx").join("packed")),
     }
 }
 
@@ -85,6 +104,25 @@ impl LoadOptions {
             }
         };
         Ok((device, dtype))
+    }
+
+    /// Builds a model with `build` from the checkpoint's weights, through the packed weight
+    /// cache when its layers are packed for the CPU kernels.
+    fn load_weights<M>(
+        &self,
+        repo: &ModelRepo,
+        (device, dtype): (&Device, DType),
+        build: impl FnOnce(Weights<'static>) -> Result<M>,
+    ) -> Result<M> {
+        let files = repo.weights()?;
+        let cache = self.weight_cache.as_deref().and_then(|dir| {
+            let layout = models::packed_layout(self.quantization, dtype, device)?;
+            WeightCache::open(dir, &files, layout)
+        });
+        let weights = models::mmap_weights(&files, dtype, device, cache)?;
+        let model = build(weights.clone())?;
+        weights.finish();
+        Ok(model)
     }
 }
 

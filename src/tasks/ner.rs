@@ -93,15 +93,16 @@ impl TokenTagger {
         let unk_token = super::special_token(&repo, "unk_token")?;
         let (device, dtype) = options.placement(Precision::HalfSafe)?;
         let (text, model) = super::beside_weights(text, || {
-            let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
-            models::load_token_head(
-                &config,
-                &encoder_config,
-                vb,
-                "classifier",
-                labels.len(),
-                options.quantization,
-            )
+            options.load_weights(&repo, (&device, dtype), |vb| {
+                models::load_token_head(
+                    &config,
+                    &encoder_config,
+                    vb,
+                    "classifier",
+                    labels.len(),
+                    options.quantization,
+                )
+            })
         })?;
         let unk_id = unk_token.and_then(|unk| text.tokenizer().token_to_id(&unk));
         Ok(TokenTagger {

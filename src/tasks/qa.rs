@@ -89,15 +89,16 @@ impl QuestionAnswerer {
         let cls_id =
             super::special_token(&repo, "cls_token")?.and_then(|cls| tokenizer.token_to_id(&cls));
         let (device, dtype) = options.placement(Precision::HalfSafe)?;
-        let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
-        let model = models::load_token_head(
-            &config,
-            &encoder_config,
-            vb,
-            "qa_outputs",
-            2,
-            options.quantization,
-        )?;
+        let model = options.load_weights(&repo, (&device, dtype), |vb| {
+            models::load_token_head(
+                &config,
+                &encoder_config,
+                vb,
+                "qa_outputs",
+                2,
+                options.quantization,
+            )
+        })?;
         Ok(QuestionAnswerer {
             model,
             tokenizer,

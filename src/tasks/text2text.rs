@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::generation::{self, FinishReason, Flow, GenerationConfig, Overrides, RowLimits};
 use crate::hub::{self, ModelRepo};
 use crate::models::t5::{T5Config, T5Session, T5};
-use crate::models::{self, ModelConfig, Task};
+use crate::models::{ModelConfig, Task};
 use crate::tokenize::{low_padding_groups, Batch, Encoding, Side, TextEncoder};
 
 pub const DEFAULT_MODEL: &str = "google-t5/t5-small";
@@ -72,8 +72,9 @@ impl Seq2Seq {
         // T5 overflows in f16: `auto` never picks it.
         let (device, dtype) = options.placement(Precision::NoF16)?;
         let (text, model) = super::beside_weights(text, || {
-            let vb = models::mmap_weights(&repo.weights()?, dtype, &device)?;
-            T5::load(vb, &t5, options.quantization).map_err(Error::WeightLayout)
+            options.load_weights(&repo, (&device, dtype), |vb| {
+                T5::load(vb, &t5, options.quantization).map_err(Error::WeightLayout)
+            })
         })?;
         Ok(Seq2Seq {
             model,
