@@ -165,11 +165,17 @@ pub fn tiled_product(
     }
     let panels = out_dim.div_ceil(PANEL);
     let out_base = SharedOut::new(&mut out);
+    // As few row tasks as hold the rows, sharing them evenly in whole tiles.
     let row_tasks = rows.div_ceil(task_rows);
-    // Enough tasks to share out.
-    let panel_tasks = (4 * rayon::current_num_threads())
-        .div_ceil(row_tasks)
-        .clamp(1, panels);
+    let task_rows = rows.div_ceil(row_tasks).next_multiple_of(tile_rows);
+    let row_tasks = rows.div_ceil(task_rows);
+    // Enough tasks to share out, in a multiple of the threads where the panels allow, so
+    // that no core idles while another finishes the last one.
+    let threads = rayon::current_num_threads();
+    let mut panel_tasks = (4 * threads).div_ceil(row_tasks).clamp(1, panels);
+    while !(row_tasks * panel_tasks).is_multiple_of(threads) && panel_tasks < panels {
+        panel_tasks += 1;
+    }
     let panels_per_task = panels.div_ceil(panel_tasks);
     (0..row_tasks * panel_tasks)
         .into_par_iter()
