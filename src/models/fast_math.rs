@@ -146,8 +146,8 @@ impl SharedOut {
 pub const PANEL: usize = 16;
 
 /// The `(rows, out_dim)` output of a packed product, computed by register tiles,
-/// `tile(row, tile_rows, panel, tile_panels, out)`, on all cores; each tile writes its
-/// outputs through `out`. Tasks take up to `task_rows` rows (which stay in cache while the
+/// `tile(row, tile_rows, panel, tile_panels, out)`, on all cores; each tile must write
+/// every output of its rows and panels (up to `out_dim`) through `out`. Tasks take up to `task_rows` rows (which stay in cache while the
 /// task's panels pass by) and a run of whole panels; inside a task, tiles take up to
 /// `tile_rows` rows and `group(task_rows)` panels, or one at the end of a run, so every
 /// panel's weights meet all of the task's rows while they are in cache.
@@ -159,12 +159,15 @@ pub fn tiled_product(
     group: impl Fn(usize) -> usize + Sync,
     tile: impl Fn(usize, usize, usize, usize, &SharedOut) + Sync,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; rows * out_dim];
-    if out.is_empty() {
+    let len = rows * out_dim;
+    // Not zeroed, as the tiles write every output: zeroing a reused block had cost the
+    // main thread a pass over it while the workers waited.
+    let mut out = Vec::with_capacity(len);
+    if len == 0 {
         return out;
     }
     let panels = out_dim.div_ceil(PANEL);
-    let out_base = SharedOut::new(&mut out);
+    let out_base = SharedOut(out.as_mut_ptr());
     // As few row tasks as hold the rows, sharing them evenly in whole tiles.
     let row_tasks = rows.div_ceil(task_rows);
     let task_rows = rows.div_ceil(row_tasks).next_multiple_of(tile_rows);
@@ -196,6 +199,8 @@ pub fn tiled_product(
                 panel += panels_here;
             }
         });
+    // SAFETY: the tasks cover every row and panel, and each tile wrote all its outputs.
+    unsafe { out.set_len(len) };
     out
 }
 
