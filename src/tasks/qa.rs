@@ -81,7 +81,7 @@ impl QuestionAnswerer {
         };
         let path = repo.required(hub::TOKENIZER)?;
         let mut tokenizer =
-            tokenizers::Tokenizer::from_file(&path).map_err(|source| Error::Tokenizer {
+            crate::tokenize::read_tokenizer(&path).map_err(|source| Error::Tokenizer {
                 path: path.clone(),
                 source,
             })?;
