@@ -27,7 +27,7 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
@@ -163,6 +163,7 @@ impl WeightCache {
             return Some(WeightCache { state });
         }
         fs::create_dir_all(dir).ok()?;
+        remove_stale_temporaries(dir, &name);
         // One temporary file per writer, even for loads of one checkpoint at the same time.
         static WRITERS: AtomicUsize = AtomicUsize::new(0);
         let writer = WRITERS.fetch_add(1, Ordering::Relaxed);
@@ -285,6 +286,32 @@ fn key(files: &[PathBuf], layout: &str) -> Option<u64> {
         (path, metadata.len(), modified.as_nanos()).hash(&mut hasher);
     }
     Some(hasher.finish())
+}
+
+/// A writer untouched for this long was killed (a live one writes every array as it is
+/// packed).
+const STALE: Duration = Duration::from_secs(3600);
+
+/// Removes the temporary files of `name` that a killed load left behind.
+fn remove_stale_temporaries(dir: &Path, name: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!("{name}.");
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        let age = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if file_name.starts_with(&prefix) && file_name.ends_with(".tmp") && age > Some(STALE) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Maps and checks a finished file; `None` if there is none or it does not read back.
@@ -528,6 +555,34 @@ mod tests {
             .unwrap();
         assert_eq!(&a[..], &lines(4, 1)[..]);
         assert_eq!(files_in(&cache_dir).len(), 1);
+    }
+
+    #[test]
+    fn a_killed_writers_file_is_removed_once_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = checkpoint(dir.path());
+        let cache_dir = dir.path().join("cache");
+        drop(WeightCache::open(&cache_dir, &files, "test").unwrap());
+        let name = format!("{:016x}", key(&files, "test").unwrap());
+        let (stale, live, other) = (
+            cache_dir.join(format!("{name}.1-0.tmp")),
+            cache_dir.join(format!("{name}.2-0.tmp")),
+            cache_dir.join("0000000000000000.3-0.tmp"),
+        );
+        for file in [&stale, &live, &other] {
+            fs::write(file, b"partial").unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - 2 * STALE;
+        for file in [&stale, &other] {
+            File::options()
+                .write(true)
+                .open(file)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
+        drop(WeightCache::open(&cache_dir, &files, "test").unwrap());
+        assert_eq!(files_in(&cache_dir), vec![other, live]);
     }
 
     #[test]
