@@ -271,20 +271,6 @@ pub struct WordEmbeddings {
 }
 
 impl WordEmbeddings {
-    /// `table` `(vocab, hidden)`, and the head's own `(vocab, hidden)` weight when it is not
-    /// tied to the table.
-    pub fn new(table: Tensor, head: Option<Tensor>, quantization: Quantization) -> Result<Self> {
-        let (dtype, hidden) = (table.dtype(), table.dim(1)?);
-        let tied = head.is_none();
-        let head = Linear::new(head.unwrap_or_else(|| table.clone()), None, quantization)?;
-        let shares_head = tied && head.weight.is_packed_f32();
-        Ok(WordEmbeddings {
-            table: (!shares_head).then(|| Embedding::new(table, hidden)),
-            head,
-            dtype,
-        })
-    }
-
     /// The table stored as `table` and the head as `head` (`None`: tied to the table), both
     /// `(vocab, hidden)`. A head in the packed cache is read from there, and a tied one in
     /// f32 then needs nothing else from the checkpoint.
@@ -295,29 +281,29 @@ impl WordEmbeddings {
         (vocab, hidden): (usize, usize),
         quantization: Quantization,
     ) -> Result<Self> {
+        let read_table = || vb.get((vocab, hidden), table);
+        let mut read = None;
         let name = vb.path(head.unwrap_or(table));
-        let cached = vb
-            .cache()
-            .and_then(|cache| LinearWeight::from_cache(cache, &name, vocab, hidden));
-        if let Some(weight) = cached {
-            let shares_head = head.is_none() && weight.is_packed_f32();
-            let table = if shares_head {
-                None
-            } else {
-                Some(Embedding::new(vb.get((vocab, hidden), table)?, hidden))
+        let weight = cached_weight(vb, &[name], vocab, hidden, || {
+            let table = read_table()?;
+            let head = match head {
+                Some(head) => vb.get((vocab, hidden), head)?,
+                None => table.clone(),
             };
-            return Ok(WordEmbeddings {
-                table,
-                head: Linear { weight, bias: None },
-                dtype: vb.dtype(),
-            });
-        }
-        let head = head.map(|head| vb.get((vocab, hidden), head)).transpose()?;
-        let words = WordEmbeddings::new(vb.get((vocab, hidden), table)?, head, quantization)?;
-        if let Some(cache) = vb.cache() {
-            words.head.weight.keep_in(cache, &name);
-        }
-        Ok(words)
+            read = Some(table);
+            LinearWeight::new(head, quantization)
+        })?;
+        // A tied head packed in f32 serves lookups too: no table then.
+        let table = if head.is_none() && weight.is_packed_f32() {
+            None
+        } else {
+            Some(Embedding::new(read.map_or_else(read_table, Ok)?, hidden))
+        };
+        Ok(WordEmbeddings {
+            table,
+            head: Linear { weight, bias: None },
+            dtype: vb.dtype(),
+        })
     }
 
     /// `(ids.., hidden)` embeddings of token `ids`.
@@ -766,6 +752,7 @@ pub fn attention_bias(mask: &Tensor, dtype: DType) -> Result<Tensor> {
 mod tests {
     use candle_core::quantized::QTensor;
     use candle_core::Device;
+    use candle_nn::VarBuilder;
 
     use super::*;
 
@@ -849,8 +836,11 @@ mod tests {
         let want_logits = hidden.matmul(&table.t()?)?;
         let largest = want_logits.abs()?.max_all()?.to_scalar::<f32>()?;
         for quantization in [Quantization::None, Quantization::Q8] {
-            for head in [None, Some(table.clone())] {
-                let words = WordEmbeddings::new(table.clone(), head, quantization)?;
+            for head in [None, Some("head")] {
+                let tensors = ["table", "head"].map(|name| (name.to_string(), table.clone()));
+                let vb = VarBuilder::from_tensors(tensors.into(), DType::F32, &device);
+                let words =
+                    WordEmbeddings::load(&vb.into(), "table", head, (40, 64), quantization)?;
                 assert_eq!(words.embed(&ids)?.to_vec3::<f32>()?, want_rows);
                 let gap = (words.logits(&hidden)? - &want_logits)?
                     .abs()?
