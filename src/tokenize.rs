@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
 use std::str::FromStr;
 
+use candle_core::{Device, Tensor};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::error::{Error, Result};
@@ -206,9 +206,12 @@ pub fn read_tokenizer(path: &Path) -> tokenizers::Result<Tokenizer> {
         model: &'a RawValue,
     }
     #[derive(Deserialize)]
-    struct Bpe {
+    struct Kind {
         #[serde(rename = "type")]
         kind: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct Bpe {
         dropout: Option<f32>,
         unk_token: Option<String>,
         continuing_subword_prefix: Option<String>,
@@ -222,14 +225,18 @@ pub fn read_tokenizer(path: &Path) -> tokenizers::Result<Tokenizer> {
 
     let json = std::fs::read_to_string(path)?;
     let file: File = serde_json::from_str(&json)?;
-    let bpe = match serde_json::from_str::<Bpe>(file.model.get()) {
-        Ok(bpe) if bpe.kind.as_deref() == Some("BPE") => bpe,
-        // Other models (and anything unexpected) take tokenizers' own path.
-        _ => return Tokenizer::from_str(&json),
+    // The model's type first: a WordPiece or Unigram vocabulary is not built only to fail.
+    let kind = serde_json::from_str::<Kind>(file.model.get()).map(|model| model.kind);
+    let bpe = match kind {
+        Ok(Some(kind)) if kind == "BPE" && file.version.as_deref().is_none_or(|v| v == "1.0") => {
+            serde_json::from_str::<Bpe>(file.model.get()).ok()
+        }
+        _ => None,
     };
-    if file.version.as_deref().is_some_and(|v| v != "1.0") {
+    // Other models (and anything unexpected) take tokenizers' own path.
+    let Some(bpe) = bpe else {
         return Tokenizer::from_str(&json);
-    }
+    };
     let mut model = BPE::builder().vocab_and_merges(
         bpe.vocab,
         bpe.merges.into_iter().map(|m| m.0).collect::<Vec<_>>(),

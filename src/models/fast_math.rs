@@ -147,10 +147,11 @@ pub const PANEL: usize = 16;
 
 /// The `(rows, out_dim)` output of a packed product, computed by register tiles,
 /// `tile(row, tile_rows, panel, tile_panels, out)`, on all cores; each tile must write
-/// every output of its rows and panels (up to `out_dim`) through `out`. Tasks take up to `task_rows` rows (which stay in cache while the
-/// task's panels pass by) and a run of whole panels; inside a task, tiles take up to
-/// `tile_rows` rows and `group(task_rows)` panels, or one at the end of a run, so every
-/// panel's weights meet all of the task's rows while they are in cache.
+/// every output of its rows and panels (up to `out_dim`) through `out`. Tasks take up to
+/// `task_rows` rows (which stay in cache while the task's panels pass by) and a run of
+/// whole panels; inside a task, tiles take up to `tile_rows` rows and `group(task_rows)`
+/// panels, or one at the end of a run, so every panel's weights meet all of the task's
+/// rows while they are in cache.
 pub fn tiled_product(
     rows: usize,
     out_dim: usize,
