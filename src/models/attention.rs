@@ -7,6 +7,8 @@
 //! Longer queries (prompts, encoders) run two GEMM calls per (row, head) on the strided
 //! views, rows spread over cores. Other devices and dtypes take candle's ops.
 
+use std::ops::Range;
+
 use candle_core::{DType, Device, Result, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -129,101 +131,224 @@ fn gemm_cpu(
     let bias = bias.broadcast_as((batch, heads, q_len, k_len))?;
     let width = heads * head_dim;
     let out = with_views(query, keys, values, &bias, |q, k, v, bias| {
-        let mut out = vec![0f32; batch * q_len * width];
-        let out_base = fast_math::SharedOut::new(&mut out);
+        let mut out = Vec::with_capacity(batch * q_len * width);
+        let out_base = fast_math::SharedOut::spare(&mut out);
         // Too few (row, head) pairs to share out: let each GEMM use the cores instead.
-        let parallelism = if batch * heads >= rayon::current_num_threads() {
-            gemm::Parallelism::None
-        } else {
-            gemm::Parallelism::Rayon(0)
-        };
-        let stride = |s: usize| s as isize;
-        (0..batch * heads).into_par_iter().for_each_init(
-            || (vec![0f32; q_len * k_len], vec![0f32; q_len * k_len]),
-            |(scores, probs), task| {
+        let parallelism = gemm_parallelism(batch * heads);
+        (0..batch * heads)
+            .into_par_iter()
+            .for_each_init(Scratch::default, |scratch, task| {
                 let (b, h) = (task / heads, task % heads);
-                let (q_head, k_head) = (&q.data[q.at(b, h, 0)..], &k.data[k.at(b, h, 0)..]);
-                // SAFETY: `scores` is q_len x k_len, row-major. Query rows i < q_len of head h
-                // start at q.at(b, h, i) with head_dim contiguous values (`unit_last`); key
-                // (j, d) is at k.at(b, h, j) + d · k.strides[3]: all inside their storage by
-                // the shapes checked above. The keys are read as the transposed head_dim x
-                // k_len matrix.
-                unsafe {
-                    gemm::gemm(
-                        q_len,
-                        k_len,
-                        head_dim,
-                        scores.as_mut_ptr(),
-                        1,
-                        stride(k_len),
-                        false,
-                        q_head.as_ptr(),
-                        1,
-                        stride(q.strides[2]),
-                        k_head.as_ptr(),
-                        stride(k.strides[2]),
-                        stride(k.strides[3]),
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        parallelism,
-                    )
+                let head = Head {
+                    q: q.data[q.at(b, h, 0)..].as_ptr(),
+                    q_stride: q.strides[2],
+                    k: k.data[k.at(b, h, 0)..].as_ptr(),
+                    k_stride: k.strides[2],
+                    k_dim_stride: k.strides[3],
+                    v: v.data[v.at(b, h, 0)..].as_ptr(),
+                    v_stride: v.strides[2],
+                    out: out_base.at(b * q_len * width + h * head_dim),
+                    out_stride: width,
+                    q_len,
+                    k_len,
+                    head_dim,
                 };
-                for (i, (scores, probs)) in scores
-                    .chunks_exact(k_len)
-                    .zip(probs.chunks_exact_mut(k_len))
-                    .enumerate()
-                {
-                    let bias_row = &bias.data[bias.at(b, h, i)..];
-                    fast_math::with_simd(
-                        #[inline(always)]
-                        || {
-                            fast_math::biased_softmax(
-                                scores,
-                                scale,
-                                bias_row,
-                                bias.strides[3],
-                                probs,
-                            )
-                        },
-                    );
-                }
-                let v_head = &v.data[v.at(b, h, 0)..];
-                let out_head = out_base.at(b * q_len * width + h * head_dim);
-                // SAFETY: `probs` is q_len x k_len, row-major; value rows j < k_len start at
-                // v.at(b, h, j) with head_dim contiguous values. The output of (b, h) is rows
-                // b·q_len.. of `out` (q_len x width), columns h·head_dim..+head_dim: inside
-                // `out`, and no other task writes there.
-                unsafe {
-                    gemm::gemm(
-                        q_len,
-                        head_dim,
-                        k_len,
-                        out_head,
-                        1,
-                        stride(width),
-                        false,
-                        probs.as_ptr(),
-                        1,
-                        stride(k_len),
-                        v_head.as_ptr(),
-                        1,
-                        stride(v.strides[2]),
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        parallelism,
-                    )
-                };
-            },
-        );
+                let bias_row = |i: usize| (&bias.data[bias.at(b, h, i)..], bias.strides[3]);
+                // SAFETY: query row i < q_len of head h starts at q.at(b, h, i) with head_dim
+                // contiguous values (`unit_last`); key (j, d) at k.at(b, h, j) + d · k.strides[3]
+                // and value row j at v.at(b, h, j): all inside their storage by the shapes
+                // checked above. The head's output is rows b·q_len.. of `out` (q_len x
+                // width), columns h·head_dim..+head_dim, and no other task writes there.
+                unsafe { head.attend(scale, Some(&bias_row), scratch, parallelism) };
+            });
+        // SAFETY: the (row, head) tasks wrote every output.
+        unsafe { out.set_len(batch * q_len * width) };
         out
     })?;
     Tensor::from_vec(out, (batch, q_len, width), query.device())
+}
+
+/// Self-attention over inputs packed back to back, with no padding between them: `qkv`
+/// `(tokens, 3 · heads · head_dim)` is a fused query/key/value projection whose input `i`
+/// fills rows `spans[i]`, and each query attends to exactly the keys of its own input, as
+/// a padding mask would have it. Returns `(tokens, heads · head_dim)`, or with
+/// `first_only` `(spans.len(), heads · head_dim)`: each input's first position only.
+///
+/// An encoder's linear layers then never see padding, which had been a fifth to a third
+/// of their rows in length-bucketed batches. CPU f32 only.
+pub fn packed_self_attention(
+    qkv: &Tensor,
+    spans: &[Range<usize>],
+    heads: usize,
+    head_dim: usize,
+    scale: f32,
+    first_only: bool,
+) -> Result<Tensor> {
+    let width = heads * head_dim;
+    let (tokens, fused) = qkv.dims2()?;
+    if fused != 3 * width || spans.iter().any(|s| s.is_empty() || s.end > tokens) {
+        candle_core::bail!("packed attention over {qkv:?} with spans {spans:?}")
+    }
+    let qkv = qkv.contiguous()?;
+    let (storage, layout) = qkv.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("packed attention runs on the CPU only")
+    };
+    let data = &cpu.as_slice::<f32>()?[layout.start_offset()..][..tokens * fused];
+    let out_rows = if first_only { spans.len() } else { tokens };
+    let mut out = Vec::with_capacity(out_rows * width);
+    let out_base = fast_math::SharedOut::spare(&mut out);
+    let parallelism = gemm_parallelism(spans.len() * heads);
+    (0..spans.len() * heads)
+        .into_par_iter()
+        .for_each_init(Scratch::default, |scratch, task| {
+            let (input, h) = (task / heads, task % heads);
+            let span = &spans[input];
+            let first_out = if first_only { input } else { span.start };
+            let row = |r: usize, part: usize| &data[r * fused + part * width + h * head_dim..];
+            let head = Head {
+                q: row(span.start, 0).as_ptr(),
+                q_stride: fused,
+                k: row(span.start, 1).as_ptr(),
+                k_stride: fused,
+                k_dim_stride: 1,
+                v: row(span.start, 2).as_ptr(),
+                v_stride: fused,
+                out: out_base.at(first_out * width + h * head_dim),
+                out_stride: width,
+                q_len: if first_only { 1 } else { span.len() },
+                k_len: span.len(),
+                head_dim,
+            };
+            // SAFETY: the span's rows lie inside `data` (checked above), each holding the
+            // head's query, key and value at columns h·head_dim of their thirds. The head
+            // writes head_dim columns of its own output rows, which no other task writes.
+            unsafe { head.attend(scale, None, scratch, parallelism) };
+        });
+    // SAFETY: the (input, head) tasks wrote every output: the spans cover the rows.
+    unsafe { out.set_len(out_rows * width) };
+    Tensor::from_vec(out, (out_rows, width), qkv.device())
+}
+
+/// Each task's GEMMs on one core when there are tasks enough for every core.
+fn gemm_parallelism(tasks: usize) -> gemm::Parallelism {
+    if tasks >= rayon::current_num_threads() {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(0)
+    }
+}
+
+/// Scores and probabilities of one head, reused by a thread's tasks.
+#[derive(Default)]
+struct Scratch {
+    scores: Vec<f32>,
+    probs: Vec<f32>,
+}
+
+/// One head of one input, as raw row-major operands: query rows `q_stride` apart, key `j`
+/// value `d` at `k + j · k_stride + d · k_dim_stride`, value rows `v_stride` apart, output
+/// rows `out_stride` apart, each of `head_dim` values.
+struct Head {
+    q: *const f32,
+    q_stride: usize,
+    k: *const f32,
+    k_stride: usize,
+    k_dim_stride: usize,
+    v: *const f32,
+    v_stride: usize,
+    out: *mut f32,
+    out_stride: usize,
+    q_len: usize,
+    k_len: usize,
+    head_dim: usize,
+}
+
+impl Head {
+    /// Writes `softmax(scale · q kᵀ + bias) v`, where `bias(i)` is query row `i`'s bias
+    /// and its stride along the keys, or no bias at all.
+    ///
+    /// # Safety
+    /// Every operand the strides and lengths describe lies inside its buffer, and no other
+    /// thread writes the output rows meanwhile.
+    unsafe fn attend<'b>(
+        &self,
+        scale: f32,
+        bias: Option<&dyn Fn(usize) -> (&'b [f32], usize)>,
+        scratch: &mut Scratch,
+        parallelism: gemm::Parallelism,
+    ) {
+        let (q_len, k_len, head_dim) = (self.q_len, self.k_len, self.head_dim);
+        let Scratch { scores, probs } = scratch;
+        // Every element is written by the GEMM (scores) or the softmax (probs) before use.
+        scores.resize(q_len * k_len, 0.0);
+        probs.resize(q_len * k_len, 0.0);
+        let stride = |s: usize| s as isize;
+        // SAFETY (both GEMMs): the caller's promise; `scores` and `probs` are q_len x k_len,
+        // row-major. The keys are read as the transposed head_dim x k_len matrix.
+        unsafe {
+            gemm::gemm(
+                q_len,
+                k_len,
+                head_dim,
+                scores.as_mut_ptr(),
+                1,
+                stride(k_len),
+                false,
+                self.q,
+                1,
+                stride(self.q_stride),
+                self.k,
+                stride(self.k_stride),
+                stride(self.k_dim_stride),
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        };
+        for (i, (scores, probs)) in scores
+            .chunks_exact(k_len)
+            .zip(probs.chunks_exact_mut(k_len))
+            .enumerate()
+        {
+            fast_math::with_simd(
+                #[inline(always)]
+                || match bias {
+                    Some(bias) => {
+                        let (row, stride) = bias(i);
+                        fast_math::biased_softmax(scores, scale, row, stride, probs)
+                    }
+                    None => fast_math::scaled_softmax(scores, scale, probs),
+                },
+            );
+        }
+        unsafe {
+            gemm::gemm(
+                q_len,
+                head_dim,
+                k_len,
+                self.out,
+                1,
+                stride(self.out_stride),
+                false,
+                probs.as_ptr(),
+                1,
+                stride(k_len),
+                self.v,
+                1,
+                stride(self.v_stride),
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        };
+    }
 }
 
 /// Runs `f` on CPU f32 views of the attention operands: query and values with their head
@@ -385,6 +510,46 @@ mod tests {
                     "{path} attention is {gap} away from candle's ops"
                 );
             }
+        }
+        Ok(())
+    }
+
+    /// Packed inputs give each real position what a padded, masked batch gives it.
+    #[test]
+    fn packed_inputs_attend_as_a_padded_batch_does() -> Result<()> {
+        let device = Device::Cpu;
+        let (heads, head_dim, lengths) = (3, 16, [5usize, 1, 12]);
+        let (inputs, seq, width) = (lengths.len(), 12, 3 * 16);
+        let qkv = Tensor::randn(0f32, 1.0, (inputs, seq, 3 * width), &device)?;
+        let mask: Vec<f32> = lengths
+            .iter()
+            .flat_map(|&n| (0..seq).map(move |i| if i < n { 1.0 } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (inputs, seq), &device)?;
+        let bias = ((mask - 1.0)? * 1e30)?.reshape((inputs, 1, 1, seq))?;
+        let [query, keys, values] = split_heads(&qkv, heads, head_dim)?;
+        let padded = with_candle_ops(&query, &keys, &values, &bias, 0.3)?;
+        let (mut spans, mut rows, mut tokens) = (Vec::new(), Vec::new(), 0);
+        for (i, &n) in lengths.iter().enumerate() {
+            spans.push(tokens..tokens + n);
+            rows.push(qkv.get(i)?.narrow(0, 0, n)?);
+            tokens += n;
+        }
+        let packed = Tensor::cat(&rows, 0)?;
+        let all = packed_self_attention(&packed, &spans, heads, head_dim, 0.3, false)?;
+        let firsts = packed_self_attention(&packed, &spans, heads, head_dim, 0.3, true)?;
+        for (i, span) in spans.iter().enumerate() {
+            let want = padded.get(i)?.narrow(0, 0, span.len())?;
+            let gap = (all.narrow(0, span.start, span.len())? - &want)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert!(gap < 1e-5, "input {i}: {gap}");
+            let gap = (firsts.get(i)? - want.get(0)?)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert!(gap < 1e-5, "input {i}, first position: {gap}");
         }
         Ok(())
     }

@@ -4,12 +4,14 @@
 //! Written here rather than taken from candle-transformers: its BERT and DistilBERT take
 //! opposite mask conventions, and its BERT cannot do RoBERTa's position ids.
 
+use std::ops::Range;
+
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Embedding, LayerNorm};
 
 use super::Weights;
 
-use super::attention::{attention, split_heads};
+use super::attention::{attention, packed_self_attention, split_heads};
 use super::layers::{self, Activation, Linear, Quantization};
 use crate::tokenize::Batch;
 
@@ -135,14 +137,26 @@ struct SelfAttention {
 impl SelfAttention {
     /// Attention for every position, or for the first only (`first_only`); keys and values
     /// always cover every position.
-    fn forward(&self, hidden: &Tensor, bias: &Tensor, first_only: bool) -> Result<Tensor> {
-        let [mut query, keys, values] =
-            split_heads(&self.qkv.forward(hidden)?, self.num_heads, self.head_dim)?;
-        if first_only {
-            query = query.narrow(2, 0, 1)?;
-        }
+    fn forward(&self, hidden: &Tensor, rows: &Rows, first_only: bool) -> Result<Tensor> {
+        let qkv = self.qkv.forward(hidden)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let context = attention(&query, &keys, &values, bias, scale)?;
+        let context = match rows {
+            Rows::Padded { bias } => {
+                let [mut query, keys, values] = split_heads(&qkv, self.num_heads, self.head_dim)?;
+                if first_only {
+                    query = query.narrow(2, 0, 1)?;
+                }
+                attention(&query, &keys, &values, bias, scale)?
+            }
+            Rows::Packed { spans, .. } => packed_self_attention(
+                &qkv,
+                spans,
+                self.num_heads,
+                self.head_dim,
+                scale as f32,
+                first_only,
+            )?,
+        };
         self.out.forward(&context)
     }
 }
@@ -188,12 +202,12 @@ impl Layer {
         })
     }
 
-    /// `(batch, seq, hidden)` → the same shape, or `(batch, 1, hidden)` for the first
-    /// position only (`first_only`), which is all a first-token head reads.
-    fn forward(&self, hidden: &Tensor, bias: &Tensor, first_only: bool) -> Result<Tensor> {
-        let attended = self.attention.forward(hidden, bias, first_only)?;
+    /// Hidden states laid out as `rows` says → the same, or the first position of each
+    /// input only (`first_only`), which is all a first-token head reads.
+    fn forward(&self, hidden: &Tensor, rows: &Rows, first_only: bool) -> Result<Tensor> {
+        let attended = self.attention.forward(hidden, rows, first_only)?;
         let residual = if first_only {
-            hidden.narrow(1, 0, 1)?
+            rows.first_positions(hidden)?
         } else {
             hidden.clone()
         };
@@ -251,15 +265,95 @@ impl Encoder {
     }
 
     fn run(&self, batch: &Batch, first_only: bool) -> Result<Tensor> {
-        let mut hidden = self.embeddings.forward(batch)?;
-        let bias = layers::attention_bias(&batch.attention_mask, hidden.dtype())?;
+        let hidden = self.embeddings.forward(batch)?;
+        let rows = Rows::for_batch(batch, &hidden)?;
+        let mut hidden = rows.pack(hidden)?;
         let last = self.layers.len().saturating_sub(1);
         for (index, layer) in self.layers.iter().enumerate() {
-            hidden = layer.forward(&hidden, &bias, first_only && index == last)?;
+            hidden = layer.forward(&hidden, &rows, first_only && index == last)?;
         }
         if first_only && self.layers.is_empty() {
-            hidden = hidden.narrow(1, 0, 1)?;
+            hidden = rows.first_positions(&hidden)?;
         }
-        Ok(hidden)
+        rows.unpack(hidden, batch, first_only)
+    }
+}
+
+/// How the layers hold a batch's hidden states, and so which keys each query may see.
+enum Rows {
+    /// `(batch, seq, hidden)` with padding, which the additive attention `bias` masks.
+    Padded { bias: Tensor },
+    /// `(tokens, hidden)`: the real tokens of all inputs back to back, input `i` at rows
+    /// `spans[i]`, so no linear layer computes padding. CPU f32, where
+    /// `packed_self_attention` runs.
+    Packed {
+        spans: Vec<Range<usize>>,
+        /// Each input's first row, as an index tensor.
+        firsts: Tensor,
+        /// Where each real token sits in the padded `(batch · seq)` rows.
+        real: Tensor,
+    },
+}
+
+impl Rows {
+    fn for_batch(batch: &Batch, hidden: &Tensor) -> Result<Rows> {
+        let device = hidden.device();
+        if !device.is_cpu() || hidden.dtype() != DType::F32 || batch.lengths.contains(&0) {
+            let bias = layers::attention_bias(&batch.attention_mask, hidden.dtype())?;
+            return Ok(Rows::Padded { bias });
+        }
+        let mask = batch.attention_mask.to_vec2::<u32>()?;
+        let seq = mask.first().map_or(0, Vec::len);
+        let (mut spans, mut real) = (Vec::with_capacity(mask.len()), Vec::new());
+        for (row, row_mask) in mask.iter().enumerate() {
+            let start = real.len();
+            real.extend(
+                (0..seq)
+                    .filter(|&i| row_mask[i] != 0)
+                    .map(|i| (row * seq + i) as u32),
+            );
+            spans.push(start..real.len());
+        }
+        let firsts: Vec<u32> = spans.iter().map(|s| s.start as u32).collect();
+        Ok(Rows::Packed {
+            firsts: Tensor::new(firsts, device)?,
+            real: Tensor::new(real, device)?,
+            spans,
+        })
+    }
+
+    /// The embeddings `(batch, seq, hidden)` as the layers hold them.
+    fn pack(&self, hidden: Tensor) -> Result<Tensor> {
+        match self {
+            Rows::Padded { .. } => Ok(hidden),
+            Rows::Packed { real, .. } => {
+                let (batch, seq, width) = hidden.dims3()?;
+                hidden.reshape((batch * seq, width))?.index_select(real, 0)
+            }
+        }
+    }
+
+    /// The first position of every input.
+    fn first_positions(&self, hidden: &Tensor) -> Result<Tensor> {
+        match self {
+            Rows::Padded { .. } => hidden.narrow(1, 0, 1),
+            Rows::Packed { firsts, .. } => hidden.index_select(firsts, 0),
+        }
+    }
+
+    /// The layers' output as `(batch, seq, hidden)`, padding zeroed, or `(batch, 1, hidden)`
+    /// for the first positions (`first_only`).
+    fn unpack(&self, hidden: Tensor, batch: &Batch, first_only: bool) -> Result<Tensor> {
+        let Rows::Packed { real, .. } = self else {
+            return Ok(hidden);
+        };
+        let width = hidden.dim(1)?;
+        let (rows, seq) = batch.attention_mask.dims2()?;
+        if first_only {
+            return hidden.reshape((rows, 1, width));
+        }
+        Tensor::zeros((rows * seq, width), hidden.dtype(), hidden.device())?
+            .index_add(real, &hidden, 0)?
+            .reshape((rows, seq, width))
     }
 }

@@ -130,7 +130,9 @@ pub struct SharedOut(*mut f32);
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
-    pub fn new(buffer: &mut [f32]) -> Self {
+    /// The buffer's whole capacity, for tasks that together write all of it before the
+    /// caller sets its length.
+    pub fn spare(buffer: &mut Vec<f32>) -> Self {
         SharedOut(buffer.as_mut_ptr())
     }
 
@@ -168,7 +170,7 @@ pub fn tiled_product(
         return out;
     }
     let panels = out_dim.div_ceil(PANEL);
-    let out_base = SharedOut(out.as_mut_ptr());
+    let out_base = SharedOut::spare(&mut out);
     // As few row tasks as hold the rows, sharing them evenly in whole tiles.
     let row_tasks = rows.div_ceil(task_rows);
     let task_rows = rows.div_ceil(row_tasks).next_multiple_of(tile_rows);
@@ -291,6 +293,20 @@ pub fn biased_softmax(
             *p = s * scale + bias[j * bias_stride];
         }
     }
+    softmax_in_place(out);
+}
+
+/// `softmax(scale · scores)` of one row into `out`: attention where no key is masked.
+#[inline(always)]
+pub fn scaled_softmax(scores: &[f32], scale: f32, out: &mut [f32]) {
+    for (p, &s) in out.iter_mut().zip(scores) {
+        *p = s * scale;
+    }
+    softmax_in_place(out);
+}
+
+#[inline(always)]
+fn softmax_in_place(out: &mut [f32]) {
     let max = max(out);
     for p in out.iter_mut() {
         *p = exp(*p - max);
