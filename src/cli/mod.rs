@@ -193,13 +193,13 @@ fn progress(reporter: &Reporter, source: &InputSource) -> indicatif::ProgressBar
 /// fields; a shard), skips what an --output file being resumed already holds, runs
 /// `process` over chunks, writes each result with `write` in input order, shows progress,
 /// and ends between records on SIGINT/SIGTERM.
-fn run_batch<T: Truncation, Prepared: Send>(
+fn run_batch<T: Truncation + Send, Prepared: Send>(
     input: &InputArgs,
     output: &OutputArgs,
     reporter: &Reporter,
     bucketed: bool,
     prepare: impl Fn(&[&str]) -> Prepared + Sync,
-    process: impl FnMut(&[&str], Prepared) -> crate::Result<Vec<crate::Result<T>>>,
+    process: impl FnMut(&[&str], Prepared) -> crate::Result<Vec<crate::Result<T>>> + Send,
     mut write: impl FnMut(&mut RecordWriter, &Record, &T) -> std::io::Result<()>,
 ) -> anyhow::Result<Outcome> {
     let source = input_source(input)?;
