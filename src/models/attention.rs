@@ -426,33 +426,32 @@ fn fused_cpu(
     let out = with_views(query, keys, values, &bias, |q, k, v, bias| {
         let by_dimension = k.strides[3] != 1;
         let mut out = vec![0f32; batch * q_len * width];
-        // One task per (batch row, query position): it writes one contiguous output row.
-        out.par_chunks_mut(width).enumerate().for_each_init(
+        // One task per (batch row, query position, head): a decoding step of one row still
+        // shares its heads between the cores, and each task writes one contiguous block.
+        out.par_chunks_mut(head_dim).enumerate().for_each_init(
             || (vec![0f32; k_len], vec![0f32; k_len]),
-            |(raw, probs), (row, out_row)| {
+            |(raw, probs), (task, out_head)| {
                 fast_math::with_simd(
                     #[inline(always)]
                     || {
+                        let (row, h) = (task / heads, task % heads);
                         let (b, i) = (row / q_len, row % q_len);
                         // The row of keys, values and bias this query row reads.
                         let kb = b / group;
-                        for h in 0..heads {
-                            let q_row = &q.data[q.at(b, h, i)..][..head_dim];
-                            if by_dimension {
-                                let keys = &k.data[k.at(kb, h, 0)..];
-                                fast_math::weighted_sum(q_row, keys, k.strides[3], raw);
-                            } else {
-                                for (j, score) in raw.iter_mut().enumerate() {
-                                    let k_row = &k.data[k.at(kb, h, j)..][..head_dim];
-                                    *score = fast_math::dot(q_row, k_row);
-                                }
+                        let q_row = &q.data[q.at(b, h, i)..][..head_dim];
+                        if by_dimension {
+                            let keys = &k.data[k.at(kb, h, 0)..];
+                            fast_math::weighted_sum(q_row, keys, k.strides[3], raw);
+                        } else {
+                            for (j, score) in raw.iter_mut().enumerate() {
+                                let k_row = &k.data[k.at(kb, h, j)..][..head_dim];
+                                *score = fast_math::dot(q_row, k_row);
                             }
-                            let bias_row = &bias.data[bias.at(kb, h, i)..];
-                            fast_math::biased_softmax(raw, scale, bias_row, bias.strides[3], probs);
-                            let out_head = &mut out_row[h * head_dim..][..head_dim];
-                            let values = &v.data[v.at(kb, h, 0)..];
-                            fast_math::weighted_sum(probs, values, v.strides[2], out_head);
                         }
+                        let bias_row = &bias.data[bias.at(kb, h, i)..];
+                        fast_math::biased_softmax(raw, scale, bias_row, bias.strides[3], probs);
+                        let values = &v.data[v.at(kb, h, 0)..];
+                        fast_math::weighted_sum(probs, values, v.strides[2], out_head);
                     },
                 )
             },
