@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::fast_math;
-use super::weight_cache::WeightCache;
+use super::weight_cache::{bytes_of, Slab, WeightCache};
 #[cfg(target_arch = "x86_64")]
 use super::{int8, packed_f32};
 
@@ -265,7 +265,7 @@ fn unquantized(weight: Tensor) -> Result<LinearWeight> {
 #[derive(Debug, Clone)]
 pub struct WordEmbeddings {
     /// `None` when lookups go to `head`.
-    table: Option<Embedding>,
+    table: Option<Table>,
     head: Linear,
     dtype: DType,
 }
@@ -281,23 +281,22 @@ impl WordEmbeddings {
         (vocab, hidden): (usize, usize),
         quantization: Quantization,
     ) -> Result<Self> {
-        let read_table = || vb.get((vocab, hidden), table);
         let mut read = None;
         let name = vb.path(head.unwrap_or(table));
         let weight = cached_weight(vb, &[name], vocab, hidden, || {
-            let table = read_table()?;
+            let read_table = vb.get((vocab, hidden), table)?;
             let head = match head {
                 Some(head) => vb.get((vocab, hidden), head)?,
-                None => table.clone(),
+                None => read_table.clone(),
             };
-            read = Some(table);
+            read = Some(read_table);
             LinearWeight::new(head, quantization)
         })?;
         // A tied head packed in f32 serves lookups too: no table then.
         let table = if head.is_none() && weight.is_packed_f32() {
             None
         } else {
-            Some(Embedding::new(read.map_or_else(read_table, Ok)?, hidden))
+            Some(Table::load(vb, table, (vocab, hidden), read)?)
         };
         Ok(WordEmbeddings {
             table,
@@ -324,6 +323,74 @@ impl WordEmbeddings {
     /// The dtype of the weights.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+}
+
+/// An embedding table that lookups read rows from.
+#[derive(Debug, Clone)]
+enum Table {
+    Tensor(Embedding),
+    /// f32 rows `(vocab, hidden)` mapped from the packed weight cache: loading copies
+    /// nothing (GPT-2's table is 154 MB), and only the rows looked up are ever read.
+    Mapped {
+        rows: Slab<f32>,
+        hidden: usize,
+    },
+}
+
+impl Table {
+    /// The layout's name in the weight cache.
+    const KIND: &'static str = "rows";
+
+    /// The table `name`, from the cache when an earlier load kept it there, else `read` (or
+    /// the checkpoint) and kept for the next load. Mapped rows serve f32 on the CPU only.
+    fn load(
+        vb: &Weights,
+        name: &str,
+        (vocab, hidden): (usize, usize),
+        read: Option<Tensor>,
+    ) -> Result<Self> {
+        // Not the tensor's own name: a tied head is kept under that one.
+        let path = format!("{} as rows", vb.path(name));
+        let cache = vb
+            .cache()
+            .filter(|_| vb.dtype() == DType::F32 && vb.device().is_cpu());
+        if let Some(cache) = cache {
+            let found = cache.find(&path, Self::KIND, vocab, hidden);
+            if let Some(rows) = found.and_then(|found| found.slab(0, vocab * hidden)) {
+                return Ok(Table::Mapped { rows, hidden });
+            }
+        }
+        let table = match read {
+            Some(table) => table,
+            None => vb.get((vocab, hidden), name)?,
+        };
+        if let Some(cache) = cache {
+            fast_math::with_f32_slice(&table, |values| {
+                cache.keep(&path, Self::KIND, vocab, hidden, &[bytes_of(values)]);
+            })?;
+        }
+        Ok(Table::Tensor(Embedding::new(table, hidden)))
+    }
+
+    /// `(ids.., hidden)`: the rows of token `ids`.
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (rows, hidden) = match self {
+            Table::Tensor(table) => return table.forward(ids),
+            Table::Mapped { rows, hidden } => (rows, *hidden),
+        };
+        let mut dims = ids.dims().to_vec();
+        let ids = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        let vocab = rows.len() / hidden;
+        let mut values = Vec::with_capacity(ids.len() * hidden);
+        for id in ids {
+            if id as usize >= vocab {
+                candle_core::bail!("token id {id} is outside the vocabulary of {vocab}");
+            }
+            values.extend_from_slice(&rows[id as usize * hidden..][..hidden]);
+        }
+        dims.push(hidden);
+        Tensor::from_vec(values, dims, &candle_core::Device::Cpu)
     }
 }
 
@@ -855,6 +922,64 @@ mod tests {
                 assert!(words.embed(&Tensor::new(&[40u32], &device)?).is_err());
                 let no_ids = Tensor::zeros((1, 0), DType::U32, &device)?;
                 assert_eq!(words.embed(&no_ids)?.dims(), &[1, 0, 64]);
+            }
+        }
+        Ok(())
+    }
+
+    /// A load that finds the weight cache reads nothing from the checkpoint: the head and
+    /// the table (where lookups need one) come back from the file the first load wrote.
+    #[test]
+    fn word_embeddings_come_back_from_the_weight_cache() -> Result<()> {
+        if !(packed_f32::supported() && int8::supported()) {
+            eprintln!("skipped: this CPU has no packed kernels");
+            return Ok(());
+        }
+        let device = Device::Cpu;
+        let dir = tempfile::tempdir()?;
+        let checkpoint = dir.path().join("model.safetensors");
+        std::fs::write(&checkpoint, b"weights")?;
+        let table = Tensor::randn(0f32, 1.0, (40, 64), &device)?;
+        let ids = Tensor::new(&[[3u32, 0, 39], [7, 7, 1]], &device)?;
+        let hidden = Tensor::randn(0f32, 1.0, (2, 64), &device)?;
+        for quantization in [Quantization::None, Quantization::Q8] {
+            for head in [None, Some("head")] {
+                let layout = format!("{quantization:?} {head:?}");
+                let open = || {
+                    WeightCache::open(
+                        &dir.path().join("cache"),
+                        std::slice::from_ref(&checkpoint),
+                        &layout,
+                    )
+                    .expect("the cache folder can be written")
+                };
+                let tensors = ["table", "head"].map(|name| (name.to_string(), table.clone()));
+                let first = open();
+                assert!(!first.was_found());
+                let vb: Weights =
+                    VarBuilder::from_tensors(tensors.into(), DType::F32, &device).into();
+                let vb = vb.with_cache(first);
+                let written = WordEmbeddings::load(&vb, "table", head, (40, 64), quantization)?;
+                vb.finish();
+                let found = open();
+                assert!(found.was_found(), "{layout}");
+                let empty: Weights =
+                    VarBuilder::from_tensors(Default::default(), DType::F32, &device).into();
+                let mapped = WordEmbeddings::load(
+                    &empty.with_cache(found),
+                    "table",
+                    head,
+                    (40, 64),
+                    quantization,
+                )?;
+                assert_eq!(
+                    mapped.embed(&ids)?.to_vec3::<f32>()?,
+                    written.embed(&ids)?.to_vec3::<f32>()?
+                );
+                assert_eq!(
+                    mapped.logits(&hidden)?.to_vec2::<f32>()?,
+                    written.logits(&hidden)?.to_vec2::<f32>()?
+                );
             }
         }
         Ok(())

@@ -47,6 +47,9 @@ const FOOTER: usize = 16;
 /// size that is a multiple of their alignment, which is at most `ALIGN`.
 pub(crate) unsafe trait Plain: Copy {}
 
+// SAFETY: every bit pattern is some f32.
+unsafe impl Plain for f32 {}
+
 /// An array of `T`, owned or memory-mapped from a cache file.
 pub(crate) enum Slab<T: Plain> {
     Owned(Vec<T>),
@@ -61,9 +64,14 @@ pub(crate) enum Slab<T: Plain> {
 impl<T: Plain> Slab<T> {
     /// The array's bytes, as they are written to a file.
     pub fn as_bytes(&self) -> &[u8] {
-        // SAFETY: `T: Plain` has no padding, so every byte of the array is initialized.
-        unsafe { std::slice::from_raw_parts(self.as_ptr().cast(), std::mem::size_of_val(&**self)) }
+        bytes_of(self)
     }
+}
+
+/// The bytes of `values`, as they are written to a file.
+pub(crate) fn bytes_of<T: Plain>(values: &[T]) -> &[u8] {
+    // SAFETY: `T: Plain` has no padding, so every byte of the array is initialized.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), std::mem::size_of_val(values)) }
 }
 
 impl<T: Plain> Deref for Slab<T> {

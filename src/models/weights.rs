@@ -43,6 +43,11 @@ impl<'a> Weights<'a> {
         self.tensors.dtype()
     }
 
+    /// The device tensors are loaded to.
+    pub fn device(&self) -> &Device {
+        self.tensors.device()
+    }
+
     /// The full name of the tensor `name` under this prefix.
     pub fn path(&self, name: &str) -> String {
         match self.tensors.prefix() {
@@ -61,6 +66,17 @@ impl<'a> Weights<'a> {
     pub fn finish(&self) {
         if let Some(cache) = &self.cache {
             cache.commit();
+        }
+    }
+}
+
+#[cfg(test)]
+impl Weights<'_> {
+    /// These tensors with `cache`.
+    pub(crate) fn with_cache(self, cache: WeightCache) -> Self {
+        Weights {
+            cache: Some(Arc::new(cache)),
+            ..self
         }
     }
 }
