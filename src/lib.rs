@@ -11,6 +11,10 @@
 //! }
 //! # Ok::<(), llmx::Error>(())
 //! ```
+//!
+//! The models run their parallel steps on rayon's global pool. Called from a thread outside
+//! it, each step waits for the pool to pick it up; generation makes ~50 such steps per token,
+//! so run it inside the pool (`rayon::scope(|_| ...)`), as the command-line tool does.
 
 pub mod batch;
 pub mod cli;
