@@ -17,13 +17,15 @@ small vocabulary, so lines are a little longer in tokens; both sides see the sam
 
 transformers runs in this process (torch.inference_mode, torch's default threads = all
 cores, model already loaded), and for each workload in each of the usual ways a user would
-call it (pipeline or generate, one input at a time or batched); the table keeps its fastest.
-llmx is timed as a whole process (`target/release/llmx`, model load included), with its
-peak resident memory from /usr/bin/time.  Every figure is the median of --runs runs after
-one warm-up.  The warm-up also fills llmx's packed weight cache (a folder of this run's),
-which later runs map instead of packing the weights again, as every run after a
-checkpoint's first does; f32 is timed a second time with the cache off
-(LLMX_WEIGHT_CACHE=off), packing at every load.
+call it (pipeline or generate, one input at a time or batched); after a warm-up each way is
+timed once and the fastest is kept.  llmx is timed as a whole process
+(`target/release/llmx`, model load included), with its peak resident memory from
+/usr/bin/time.  Its warm-up fills llmx's packed weight cache (a folder of this run's), which
+later runs map instead of packing the weights again, as every run after a checkpoint's
+first does; f32 is also timed with the cache off (LLMX_WEIGHT_CACHE=off), packing at every
+load.  Then --runs rounds each time transformers' fastest way and every llmx variant once,
+one after the other, so that both sides meet the machine in the same state (the speed of
+this VM drifts by 20-40% within the hour); every figure is the median over the rounds.
 
 Run from the repository root (versions: scripts/requirements.txt):
     cargo build --release && scripts/fetch_test_models.sh
@@ -137,29 +139,30 @@ def build_models(root):
     return folders
 
 
-def median_time(fn, runs):
-    fn()  # warm-up: caches, allocator, lazy init
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def seconds(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 # ---- transformers, in-process -------------------------------------------------------------
+# Each returns {way: a call that runs the whole workload that way}.
 
 
-def hf_classify(folder, lines, runs):
+def inference(fn, *args, **kwargs):
+    def call():
+        with torch.inference_mode():
+            return fn(*args, **kwargs)
+
+    return call
+
+
+def hf_classify(folder, lines):
     pipe = pipeline("text-classification", model=folder, device="cpu")
-    with torch.inference_mode():
-        return {
-            f"pipeline batch_size={bs}": median_time(lambda: pipe(lines, batch_size=bs), runs)
-            for bs in (1, 32)
-        }
+    return {f"pipeline batch_size={bs}": inference(pipe, lines, batch_size=bs) for bs in (1, 32)}
 
 
-def hf_embed(folder, lines, runs):
+def hf_embed(folder, lines):
     """The model card's recipe: mean pooling over the mask, then L2 normalisation."""
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModel.from_pretrained(folder).eval()
@@ -180,13 +183,10 @@ def hf_embed(folder, lines, runs):
                 out[i] = pooled[row].tolist()
         return out
 
-    with torch.inference_mode():
-        return {
-            f"sorted batches of {bs}": median_time(lambda: embed(bs), runs) for bs in (1, 32)
-        }
+    return {f"sorted batches of {bs}": inference(embed, bs) for bs in (1, 32)}
 
 
-def hf_generate(folder, runs):
+def hf_generate(folder):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = GPT2LMHeadModel.from_pretrained(folder).eval()
 
@@ -198,11 +198,10 @@ def hf_generate(folder, runs):
         assert out.shape[1] - enc["input_ids"].shape[1] == GENERATE_NEW_TOKENS
         return tokenizer.decode(out[0], skip_special_tokens=True)
 
-    with torch.inference_mode():
-        return {"generate": median_time(run, runs)}
+    return {"generate": inference(run)}
 
 
-def hf_text2text(folder, lines, num_beams, runs):
+def hf_text2text(folder, lines, num_beams):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = T5ForConditionalGeneration.from_pretrained(folder).eval()
     settings = dict(max_new_tokens=T2T_NEW_TOKENS, min_new_tokens=T2T_NEW_TOKENS,
@@ -217,32 +216,41 @@ def hf_text2text(folder, lines, num_beams, runs):
             texts += tokenizer.batch_decode(out, skip_special_tokens=True)
         return texts
 
-    with torch.inference_mode():
-        return {f"generate batch {bs}": median_time(lambda: run(bs), runs) for bs in (1, T2T_LINES)}
+    return {f"generate batch {bs}": inference(run, bs) for bs in (1, T2T_LINES)}
 
 
 # ---- llmx, whole process ------------------------------------------------------------------
 
 
-def llmx_run(binary, args, runs, weight_cache):
-    """Median wall seconds and the largest peak RSS (MiB) over the runs."""
-    walls, peaks = [], []
+def llmx_once(binary, args, weight_cache):
+    """Wall seconds and peak RSS (MiB) of one run."""
     env = dict(os.environ, LLMX_WEIGHT_CACHE=weight_cache)
     with tempfile.NamedTemporaryFile("r", suffix=".time") as rusage:
         command = ["/usr/bin/time", "-o", rusage.name, "-f", "%M", binary, *args]
-        for i in range(runs + 1):
-            start = time.perf_counter()
-            done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                  env=env)
-            wall = time.perf_counter() - start
-            if done.returncode != 0:
-                raise SystemExit(f"llmx {' '.join(args)} failed:\n{done.stderr}")
-            if i == 0:
-                continue  # warm-up: page cache
-            walls.append(wall)
-            rusage.seek(0)
-            peaks.append(int(rusage.read().split()[-1]) / 1024)
-    return statistics.median(walls), max(peaks)
+        start = time.perf_counter()
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"llmx {' '.join(args)} failed:\n{done.stderr}")
+        return wall, int(rusage.read().split()[-1]) / 1024
+
+
+def rounds(contenders, runs, warm=()):
+    """Warms every contender up (but those named in `warm`), then times each once per round,
+    in turn; returns the median seconds and the largest peak RSS (None for in-process runs)
+    of each."""
+    for name, run in contenders.items():
+        if name not in warm:
+            run()
+    timed = {name: [] for name in contenders}
+    for _ in range(runs):
+        for name, run in contenders.items():
+            timed[name].append(run())
+    return {
+        name: (statistics.median(wall for wall, _ in results),
+               max((peak for _, peak in results if peak is not None), default=None))
+        for name, results in timed.items()
+    }
 
 
 def weights_mib(folder):
@@ -274,45 +282,57 @@ def main():
 
     t2t_args = ["--max-new-tokens", str(T2T_NEW_TOKENS), "--min-new-tokens", str(T2T_NEW_TOKENS)]
     workloads = [
-        ("classify", "distilbert", lambda: hf_classify(folders["distilbert"], lines, args.runs),
+        ("classify", "distilbert", lambda: hf_classify(folders["distilbert"], lines),
          ["classify", "--input", lines_file, "--json"]),
-        ("embed", "minilm", lambda: hf_embed(folders["minilm"], lines, args.runs),
+        ("embed", "minilm", lambda: hf_embed(folders["minilm"], lines),
          ["embed", "--input", lines_file, "--json"]),
-        ("generate", "gpt2", lambda: hf_generate(folders["gpt2"], args.runs),
+        ("generate", "gpt2", lambda: hf_generate(folders["gpt2"]),
          ["generate", "--greedy", "--max-new-tokens", str(GENERATE_NEW_TOKENS), "--min-new-tokens",
           str(GENERATE_NEW_TOKENS), "--json", GENERATE_PROMPT]),
-        ("t2t-greedy", "t5", lambda: hf_text2text(folders["t5"], t2t_lines, 1, args.runs),
+        ("t2t-greedy", "t5", lambda: hf_text2text(folders["t5"], t2t_lines, 1),
          ["text2text", "--num-beams", "1", *t2t_args, "--input", t2t_file, "--json"]),
-        ("t2t-beam4", "t5", lambda: hf_text2text(folders["t5"], t2t_lines, 4, args.runs),
+        ("t2t-beam4", "t5", lambda: hf_text2text(folders["t5"], t2t_lines, 4),
          ["text2text", "--num-beams", "4", *t2t_args, "--input", t2t_file, "--json"]),
     ]
 
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers "
-          f"{transformers.__version__}; llmx: {args.llmx}; median of {args.runs} runs\n")
+          f"{transformers.__version__}; llmx: {args.llmx}; median of {args.runs} rounds\n")
     results = []
     for name, model, hf, llmx_args in workloads:
         if args.only and name not in args.only:
             continue
         folder = folders[model]
         row = {"workload": name, "weights_mib": weights_mib(folder)}
-        common = ["--model", folder, "--offline", "--quiet"]
-        row["llmx_s"], row["llmx_peak_mib"] = llmx_run(args.llmx, llmx_args + common, args.runs, cache)
-        row["packing_s"], _ = llmx_run(args.llmx, llmx_args + common, args.runs, "off")
+        common = llmx_args + ["--model", folder, "--offline", "--quiet"]
+        contenders = {
+            "llmx": lambda: llmx_once(args.llmx, common, cache),
+            "packing": lambda: llmx_once(args.llmx, common, "off"),
+        }
         if not args.no_quantize:
-            row["q8_s"], row["q8_peak_mib"] = llmx_run(
-                args.llmx, llmx_args + common + ["--quantize", "q8"], args.runs, cache)
+            contenders["q8"] = lambda: llmx_once(args.llmx, common + ["--quantize", "q8"], cache)
         if not args.no_transformers:
             ways = hf()
-            best = min(ways, key=ways.get)
-            row["transformers_s"], row["transformers_way"] = ways[best], best
-            row["transformers_all"] = ways
+            for way in ways.values():
+                way()  # warm-up: caches, allocator, lazy init
+            row["transformers_all"] = {way: seconds(run) for way, run in ways.items()}
+            best = min(row["transformers_all"], key=row["transformers_all"].get)
+            row["transformers_way"] = best
+            contenders["transformers"] = lambda: (seconds(ways[best]), None)
+        timed = rounds(contenders, args.runs, warm={"transformers"})
+        row["llmx_s"], row["llmx_peak_mib"] = timed["llmx"]
+        row["packing_s"], _ = timed["packing"]
+        if "q8" in timed:
+            row["q8_s"], row["q8_peak_mib"] = timed["q8"]
+        if "transformers" in timed:
+            row["transformers_s"], _ = timed["transformers"]
         results.append(row)
         print_row(row)
 
     if not args.only or "cold-start" in args.only:
         one = ["classify", "--model", folders["distilbert"], "--offline", "--quiet", "Hello, my dog is cute"]
-        cold, peak = llmx_run(args.llmx, one, max(args.runs, 5), cache)
-        packing, _ = llmx_run(args.llmx, one, max(args.runs, 5), "off")
+        timed = rounds({"cold": lambda: llmx_once(args.llmx, one, cache),
+                        "packing": lambda: llmx_once(args.llmx, one, "off")}, max(args.runs, 5))
+        (cold, peak), (packing, _) = timed["cold"], timed["packing"]
         results.append({"workload": "cold-start", "llmx_s": cold, "llmx_peak_mib": peak, "packing_s": packing,
                         "weights_mib": weights_mib(folders["distilbert"])})
         print(f"cold start (classify, one line, distilbert-base on disk): {cold:.3f} s, peak {peak:.0f} MiB; "
@@ -332,7 +352,7 @@ def print_row(row):
         parts.append(f"q8 {row['q8_s']:.2f} s")
     if "transformers_s" in row:
         detail = ", ".join(f"{k} {v:.2f} s" for k, v in row["transformers_all"].items())
-        parts.append(f"transformers {detail}")
+        parts.append(f"transformers {row['transformers_s']:.2f} s (fastest way; one run each: {detail})")
     print("; ".join(parts), flush=True)
 
 
