@@ -283,29 +283,14 @@ impl Head {
         // Every element is written by the GEMM (scores) or the softmax (probs) before use.
         scores.resize(q_len * k_len, 0.0);
         probs.resize(q_len * k_len, 0.0);
-        let stride = |s: usize| s as isize;
-        // SAFETY (both GEMMs): the caller's promise; `scores` and `probs` are q_len x k_len,
-        // row-major. The keys are read as the transposed head_dim x k_len matrix.
+        // SAFETY (both products): the caller's promise; `scores` and `probs` are q_len x
+        // k_len, row-major. The keys are read as the transposed head_dim x k_len matrix.
         unsafe {
-            gemm::gemm(
-                q_len,
-                k_len,
-                head_dim,
-                scores.as_mut_ptr(),
-                1,
-                stride(k_len),
-                false,
-                self.q,
-                1,
-                stride(self.q_stride),
-                self.k,
-                stride(self.k_stride),
-                stride(self.k_dim_stride),
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
+            overwriting_product(
+                (q_len, k_len, head_dim),
+                (scores.as_mut_ptr(), k_len),
+                (self.q, self.q_stride),
+                (self.k, self.k_stride, self.k_dim_stride),
                 parallelism,
             )
         };
@@ -326,28 +311,55 @@ impl Head {
             );
         }
         unsafe {
-            gemm::gemm(
-                q_len,
-                head_dim,
-                k_len,
-                self.out,
-                1,
-                stride(self.out_stride),
-                false,
-                probs.as_ptr(),
-                1,
-                stride(k_len),
-                self.v,
-                1,
-                stride(self.v_stride),
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
+            overwriting_product(
+                (q_len, head_dim, k_len),
+                (self.out, self.out_stride),
+                (probs.as_ptr(), k_len),
+                (self.v, 1, self.v_stride),
                 parallelism,
             )
         };
+    }
+}
+
+/// `out = lhs · rhs` for `(m, n, k)`, through gemm: `out` `(m, n)` and `lhs` `(m, k)` have
+/// unit column strides and the given row strides, `rhs` `(k, n)` its column and row
+/// strides. The output is written, never read.
+///
+/// # Safety
+/// Every element the shapes and strides describe lies inside its buffer, and no other
+/// thread touches the output meanwhile.
+unsafe fn overwriting_product(
+    (m, n, k): (usize, usize, usize),
+    (out, out_row): (*mut f32, usize),
+    (lhs, lhs_row): (*const f32, usize),
+    (rhs, rhs_column, rhs_row): (*const f32, usize, usize),
+    parallelism: gemm::Parallelism,
+) {
+    let stride = |s: usize| s as isize;
+    // SAFETY: the caller's promise.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out,
+            1,
+            stride(out_row),
+            false,
+            lhs,
+            1,
+            stride(lhs_row),
+            rhs,
+            stride(rhs_column),
+            stride(rhs_row),
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
     }
 }
 
