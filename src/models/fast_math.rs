@@ -182,6 +182,15 @@ pub fn tiled_product(
     while !(row_tasks * panel_tasks).is_multiple_of(threads) && panel_tasks < panels {
         panel_tasks += 1;
     }
+    // Each task a run of whole tiles' worth of panels, where the tasks still come in a
+    // multiple of the threads: the panels past the last whole tile run one at a time, with
+    // a narrow tile that loads more per multiply-add.
+    let whole = panels
+        .div_ceil(panel_tasks)
+        .next_multiple_of(group(task_rows));
+    if (row_tasks * panels.div_ceil(whole)).is_multiple_of(threads) {
+        panel_tasks = panels.div_ceil(whole);
+    }
     let panels_per_task = panels.div_ceil(panel_tasks);
     (0..row_tasks * panel_tasks)
         .into_par_iter()
