@@ -267,7 +267,7 @@ where
             let texts = texts_of(&chunk);
             // On a worker of the thread pool: the model's parallel steps then start on this
             // thread at once, where from outside the pool each waited for a hand-off and a
-            // wake-up (~50 per generated token; q8 GPT-2 decoding 9% faster).
+            // wake-up (~50 per generated token; q8 GPT-2 decoding 8% faster).
             let processed = rayon::scope(|_| process(&texts, prepared));
             let results: Vec<std::result::Result<T, String>> = match processed {
                 Ok(results) => results
