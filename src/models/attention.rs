@@ -1,11 +1,12 @@
 //! Scaled dot-product attention, shared by every architecture.
 //!
 //! Decoding steps (a few query positions) on the CPU in f32 run as one fused pass per
-//! (row, position): scores, softmax and the weighted sum of values stay in cache, and one
-//! parallel dispatch covers all heads. With candle's batched matmul each head is its own
-//! tiny GEMM with its own thread hand-off, which costs more than the arithmetic there.
+//! (row, position, head): scores, softmax and the weighted sum of values stay in cache, and
+//! one parallel dispatch covers all heads. With candle's batched matmul each head is its
+//! own tiny GEMM with its own thread hand-off, which costs more than the arithmetic there.
 //! Longer queries (prompts, encoders) run two GEMM calls per (row, head) on the strided
-//! views, rows spread over cores. Other devices and dtypes take candle's ops.
+//! views, rows spread over cores; encoders on the CPU pass their inputs packed without
+//! padding (`packed_self_attention`). Other devices and dtypes take candle's ops.
 
 use std::ops::Range;
 
@@ -186,7 +187,15 @@ pub fn packed_self_attention(
 ) -> Result<Tensor> {
     let width = heads * head_dim;
     let (tokens, fused) = qkv.dims2()?;
-    if fused != 3 * width || spans.iter().any(|s| s.is_empty() || s.end > tokens) {
+    // The spans must cover the rows in order, each input at least one: every output row is
+    // then written by exactly one task.
+    let mut next = 0;
+    let tiled = spans.iter().all(|span| {
+        let follows = span.start == next && span.end > span.start;
+        next = span.end;
+        follows
+    });
+    if fused != 3 * width || !tiled || next != tokens {
         candle_core::bail!("packed attention over {qkv:?} with spans {spans:?}")
     }
     let qkv = qkv.contiguous()?;
@@ -222,10 +231,11 @@ pub fn packed_self_attention(
             };
             // SAFETY: the span's rows lie inside `data` (checked above), each holding the
             // head's query, key and value at columns h·head_dim of their thirds. The head
-            // writes head_dim columns of its own output rows, which no other task writes.
+            // writes head_dim columns of its own output rows (the spans do not overlap),
+            // which no other task writes.
             unsafe { head.attend(scale, None, scratch, parallelism) };
         });
-    // SAFETY: the (input, head) tasks wrote every output: the spans cover the rows.
+    // SAFETY: the (input, head) tasks wrote every output: the spans tile the rows.
     unsafe { out.set_len(out_rows * width) };
     Tensor::from_vec(out, (out_rows, width), qkv.device())
 }
@@ -547,6 +557,16 @@ mod tests {
             tokens += n;
         }
         let packed = Tensor::cat(&rows, 0)?;
+        // Spans with a gap, an overlap, an empty input or rows left over would leave rows
+        // unwritten or written twice.
+        for bad in [
+            vec![0..5, 6..18],
+            vec![0..6, 5..18],
+            vec![0..5, 5..5, 5..18],
+            vec![0..5, 5..6, 6..17],
+        ] {
+            assert!(packed_self_attention(&packed, &bad, heads, head_dim, 0.3, false).is_err());
+        }
         let all = packed_self_attention(&packed, &spans, heads, head_dim, 0.3, false)?;
         let firsts = packed_self_attention(&packed, &spans, heads, head_dim, 0.3, true)?;
         for (i, span) in spans.iter().enumerate() {
