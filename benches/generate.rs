@@ -1,5 +1,7 @@
 //! GPT-2 decoding speed at batch 1 on the real gpt2 (124M) shape, with random weights made
-//! here: tokens per second for an 8-token prompt and 64 greedy new tokens.
+//! here: tokens per second for an 8-token prompt and 64 greedy new tokens, decoded plainly
+//! and speculatively with the int8 copy as draft (how many guesses the model keeps depends
+//! on the weights, so the second figure is for these random ones).
 
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
@@ -15,8 +17,10 @@ fn bench_generate(c: &mut Criterion) {
     let config = Gpt2Config::default();
     let weights = VarMap::new();
     let vb = VarBuilder::from_varmap(&weights, DType::F32, &device);
-    let model =
-        Gpt2::load(vb.into(), &config, Quantization::None).expect("a gpt2-sized model builds");
+    let model = Gpt2::load(vb.clone().into(), &config, Quantization::None)
+        .expect("a gpt2-sized model builds");
+    // The same variables again, quantized.
+    let draft = Gpt2::load(vb.into(), &config, Quantization::Q8).expect("the int8 copy builds");
     let prompt: Vec<u32> = vec![15496, 11, 616, 3290, 318, 13779, 290, 340];
     let settings = GenerationConfig {
         max_new_tokens: Some(NEW_TOKENS),
@@ -53,6 +57,39 @@ fn bench_generate(c: &mut Criterion) {
             })
         })
     });
+    group.bench_function(
+        "greedy, batch 1, 8-token prompt, 64 new tokens, int8 draft of 4",
+        |b| {
+            b.iter(|| {
+                rayon::scope(|_| {
+                    let start = |model| {
+                        Gpt2Session::start(
+                            model,
+                            &[&prompt],
+                            NEW_TOKENS,
+                            50256,
+                            DType::F32,
+                            &device,
+                        )
+                        .expect("prefill runs")
+                    };
+                    let (mut session, logits) = start(&model);
+                    let (mut draft_session, _) = start(&draft);
+                    generation::generate_with_draft(
+                        &mut session,
+                        &mut draft_session,
+                        logits,
+                        &prompt,
+                        limits[0],
+                        &settings,
+                        4,
+                        |_| Flow::Continue,
+                    )
+                    .expect("decoding runs")
+                })
+            })
+        },
+    );
     group.finish();
 }
 

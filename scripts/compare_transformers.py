@@ -23,7 +23,9 @@ timed once and the fastest is kept.  llmx is timed as a whole process
 /usr/bin/time.  Its warm-up fills llmx's packed weight cache (a folder of this run's), which
 later runs map instead of packing the weights again, as every run after a checkpoint's
 first does; f32 is also timed with the cache off (LLMX_WEIGHT_CACHE=off), packing at every
-load.  Then --runs rounds each time transformers' fastest way and every llmx variant once,
+load.  llmx decodes one greedy prompt speculatively (an int8 copy of the model drafts tokens
+that the f32 model checks, so the tokens are the f32 model's own); generate is also timed
+without the draft (--draft-tokens 0).  Then --runs rounds each time transformers' fastest way and every llmx variant once,
 one after the other, so that both sides meet the machine in the same state (the speed of
 this VM drifts by 20-40% within the hour); every figure is the median over the rounds.
 
@@ -196,7 +198,7 @@ def hf_generate(folder):
                              min_new_tokens=GENERATE_NEW_TOKENS, do_sample=False,
                              pad_token_id=tokenizer.eos_token_id)
         assert out.shape[1] - enc["input_ids"].shape[1] == GENERATE_NEW_TOKENS
-        return tokenizer.decode(out[0], skip_special_tokens=True)
+        return out[0, enc["input_ids"].shape[1]:].tolist()
 
     return {"generate": inference(run)}
 
@@ -233,6 +235,13 @@ def llmx_once(binary, args, weight_cache):
         if done.returncode != 0:
             raise SystemExit(f"llmx {' '.join(args)} failed:\n{done.stderr}")
         return wall, int(rusage.read().split()[-1]) / 1024
+
+
+def llmx_token_ids(binary, args, weight_cache):
+    """The token ids of a one-prompt generate run."""
+    env = dict(os.environ, LLMX_WEIGHT_CACHE=weight_cache)
+    done = subprocess.run([binary, *args], capture_output=True, text=True, env=env, check=True)
+    return json.loads(done.stdout)["token_ids"]
 
 
 def rounds(contenders, runs, warm=()):
@@ -308,6 +317,8 @@ def main():
             "llmx": lambda: llmx_once(args.llmx, common, cache),
             "packing": lambda: llmx_once(args.llmx, common, "off"),
         }
+        if name == "generate":
+            contenders["plain"] = lambda: llmx_once(args.llmx, common + ["--draft-tokens", "0"], cache)
         if not args.no_quantize:
             contenders["q8"] = lambda: llmx_once(args.llmx, common + ["--quantize", "q8"], cache)
         if not args.no_transformers:
@@ -321,10 +332,18 @@ def main():
         timed = rounds(contenders, args.runs, warm={"transformers"})
         row["llmx_s"], row["llmx_peak_mib"] = timed["llmx"]
         row["packing_s"], _ = timed["packing"]
+        if "plain" in timed:
+            row["plain_s"], _ = timed["plain"]
         if "q8" in timed:
             row["q8_s"], row["q8_peak_mib"] = timed["q8"]
         if "transformers" in timed:
             row["transformers_s"], _ = timed["transformers"]
+        if name == "generate":
+            # The draft only proposes: the tokens must be those of plain f32 decoding.
+            drafted = llmx_token_ids(args.llmx, common, cache)
+            row["draft_keeps_tokens"] = drafted == llmx_token_ids(args.llmx, common + ["--draft-tokens", "0"], cache)
+            if "transformers" in timed:
+                row["transformers_tokens"] = drafted == ways[row["transformers_way"]]()
         results.append(row)
         print_row(row)
 
@@ -348,8 +367,14 @@ def main():
 
 def print_row(row):
     parts = [f"{row['workload']}: llmx {row['llmx_s']:.2f} s", f"no weight cache {row['packing_s']:.2f} s"]
+    if "plain_s" in row:
+        parts.append(f"no draft {row['plain_s']:.2f} s")
     if "q8_s" in row:
         parts.append(f"q8 {row['q8_s']:.2f} s")
+    if "draft_keeps_tokens" in row:
+        parts.append(f"tokens with the draft == without: {row['draft_keeps_tokens']}")
+    if "transformers_tokens" in row:
+        parts.append(f"== transformers' greedy tokens: {row['transformers_tokens']}")
     if "transformers_s" in row:
         detail = ", ".join(f"{k} {v:.2f} s" for k, v in row["transformers_all"].items())
         parts.append(f"transformers {row['transformers_s']:.2f} s (fastest way; one run each: {detail})")
@@ -358,7 +383,8 @@ def print_row(row):
 
 def print_table(results):
     header = ("| workload | transformers s (fastest way) | llmx f32 s | ratio | llmx q8 s | q8 ratio "
-              "| f32 without the weight cache s (ratio) | llmx peak RSS f32 / q8 MiB | weights MiB |")
+              "| f32 without the weight cache s (ratio) | f32 without a draft s (ratio) "
+              "| llmx peak RSS f32 / q8 MiB | weights MiB |")
     print(header)
     print("|" + "---|" * header.count(" |"))
     for row in results:
@@ -374,6 +400,7 @@ def print_table(results):
             f"{q8:.2f}" if q8 else "-",
             f"{hf / q8:.2f}x" if hf and q8 else "-",
             f"{row['packing_s']:.2f}" + (f" ({hf / row['packing_s']:.2f}x)" if hf else ""),
+            (f"{row['plain_s']:.2f}" + (f" ({hf / row['plain_s']:.2f}x)" if hf else "")) if "plain_s" in row else "-",
             f"{row['llmx_peak_mib']:.0f} / {row['q8_peak_mib']:.0f}" if q8 else f"{row['llmx_peak_mib']:.0f}",
             f"{row['weights_mib']:.0f}",
         ]

@@ -2,17 +2,22 @@
 //! scripts/fixtures_gpt2.py with the real GPT-2 vocabulary): tokenizer ids, logits, greedy
 //! token ids exactly (with and without repetition penalty, EOS and min_new_tokens), batched ==
 //! single, cached == uncached, and the sampling distribution after transformers' processors.
+//! One greedy prompt decodes speculatively (an int8 draft checked by the model) where the
+//! CPU has the int8 kernels; the greedy cases run with drafts of several lengths and none.
 
 use std::path::{Path, PathBuf};
 
 use llmx::device::{DTypeChoice, DeviceChoice};
 use llmx::generation::{logits, Decoder, FinishReason, GenerationConfig, Overrides, TokenIds};
 use llmx::hub::HubOptions;
-use llmx::tasks::generate::{Completion, TextGenerator};
+use llmx::tasks::generate::{Completion, TextGenerator, DEFAULT_DRAFT_TOKENS};
 use llmx::tasks::LoadOptions;
 use serde::Deserialize;
 
 const LOGIT_TOLERANCE: f32 = 1e-4;
+
+/// Draft lengths for speculative decoding: none (plain decoding), one, the default, long.
+const DRAFTS: [usize; 4] = [0, 1, DEFAULT_DRAFT_TOKENS, 9];
 
 #[derive(Deserialize)]
 struct TokenizerCase {
@@ -198,8 +203,13 @@ fn cached_decoding_equals_uncached() {
 
 #[test]
 fn greedy_continuations_are_token_identical() {
-    let generator = load();
-    for case in expected().greedy {
+    let mut generator = load();
+    for (case, draft_tokens) in expected()
+        .greedy
+        .iter()
+        .flat_map(|case| DRAFTS.map(|d| (case, d)))
+    {
+        generator.set_draft_tokens(draft_tokens);
         let settings = greedy(
             &generator,
             Overrides {
@@ -209,7 +219,10 @@ fn greedy_continuations_are_token_identical() {
             },
         );
         let completion = &run(&generator, &[&case.prompt], &settings)[0];
-        let context = format!("{:?} penalty {:?}", case.prompt, case.repetition_penalty);
+        let context = format!(
+            "{:?} penalty {:?} draft {draft_tokens}",
+            case.prompt, case.repetition_penalty
+        );
         assert_eq!(completion.tokens, case.new_ids, "{context}");
         assert_eq!(completion.text, case.completion, "{context}");
         assert_eq!(completion.finish, FinishReason::Length);
@@ -218,8 +231,13 @@ fn greedy_continuations_are_token_identical() {
 
 #[test]
 fn eos_ends_generation_unless_min_new_tokens_forbids_it() {
-    let generator = load();
-    for case in expected().eos {
+    let mut generator = load();
+    for (case, draft_tokens) in expected()
+        .eos
+        .iter()
+        .flat_map(|case| DRAFTS.map(|d| (case, d)))
+    {
+        generator.set_draft_tokens(draft_tokens);
         let settings = greedy(
             &generator,
             Overrides {
@@ -232,7 +250,7 @@ fn eos_ends_generation_unless_min_new_tokens_forbids_it() {
         let completion = &run(&generator, &[&case.prompt], &settings)[0];
         assert_eq!(
             completion.tokens, case.new_ids,
-            "min_new_tokens {:?}",
+            "min_new_tokens {:?} draft {draft_tokens}",
             case.min_new_tokens
         );
         assert_eq!(completion.finish, FinishReason::Eos);
@@ -401,4 +419,10 @@ fn the_model_window_ends_generation_without_error() {
         20,
         "a short prompt in the same batch is unaffected"
     );
+    // Alone, greedy prompts decode speculatively: the draft must stop at the window too.
+    for (prompt, batched) in [&near, &beyond].into_iter().zip(&completions) {
+        let alone = &run(&generator, &[prompt], &settings)[0];
+        assert_eq!(alone.tokens, batched.tokens);
+        assert_eq!(alone.hit_window, batched.hit_window);
+    }
 }

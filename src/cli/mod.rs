@@ -388,7 +388,10 @@ fn generate(args: GenerateArgs) -> anyhow::Result<Outcome> {
         .as_deref()
         .unwrap_or(text_generation::DEFAULT_MODEL);
     let options = load_options(&args.model, &args.device, &reporter);
-    let generator = TextGenerator::load(model, &options)?;
+    let mut generator = TextGenerator::load(model, &options)?;
+    if let Some(tokens) = args.draft_tokens {
+        generator.set_draft_tokens(tokens);
+    }
     let mut settings = generator.defaults().clone();
     settings.apply(Overrides {
         max_new_tokens: args.max_new_tokens,

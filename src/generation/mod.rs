@@ -6,6 +6,7 @@
 mod beam;
 mod config;
 pub mod logits;
+mod speculative;
 
 use candle_core::{DType, Tensor};
 use rand::SeedableRng;
@@ -14,6 +15,7 @@ use serde::Serialize;
 
 pub use beam::beam_search;
 pub use config::{EarlyStopping, GenerationConfig, Overrides, TokenIds};
+pub use speculative::{generate_with_draft, Rewind};
 
 use crate::error::Result;
 
@@ -73,8 +75,56 @@ struct Row {
 }
 
 impl Row {
+    fn new(context: &[u32], limits: RowLimits) -> Self {
+        Row {
+            sequence: context.to_vec(),
+            context_len: context.len(),
+            limits,
+            finish: None,
+        }
+    }
+
     fn new_tokens(&self) -> &[u32] {
         &self.sequence[self.context_len..]
+    }
+
+    /// Appends a chosen token, shows it to `on_token` unless it is EOS, and returns whether
+    /// the row has finished.
+    fn push(
+        &mut self,
+        token: u32,
+        config: &GenerationConfig,
+        on_token: &mut impl FnMut(u32) -> Flow,
+    ) -> bool {
+        self.sequence.push(token);
+        self.finish = if config.eos_token_ids.contains(&token) {
+            Some(FinishReason::Eos)
+        } else if on_token(token) == Flow::Stop {
+            Some(FinishReason::Stop)
+        } else if self.new_tokens().len() >= self.limits.max_new {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        self.finish.is_some()
+    }
+
+    fn process(&self, scores: &mut [f32], config: &GenerationConfig) {
+        let generated = self.new_tokens().len();
+        process(
+            scores,
+            &self.sequence,
+            generated,
+            self.limits.min_new,
+            config,
+        );
+    }
+
+    fn into_generated(mut self) -> Generated {
+        Generated {
+            tokens: self.sequence.split_off(self.context_len),
+            finish: self.finish.unwrap_or(FinishReason::Length),
+        }
     }
 }
 
@@ -98,12 +148,7 @@ pub fn generate(
     let mut rows: Vec<Row> = context
         .iter()
         .zip(limits)
-        .map(|(context, &limits)| Row {
-            sequence: context.clone(),
-            context_len: context.len(),
-            limits,
-            finish: None,
-        })
+        .map(|(context, &limits)| Row::new(context, limits))
         .collect();
     let mut logits = first_logits;
     let mut next = vec![pad; rows.len()];
@@ -116,45 +161,30 @@ pub fn generate(
             }
             let token = choose(&mut scores, row, config, &mut rng);
             next[index] = token;
-            row.sequence.push(token);
-            row.finish = if config.eos_token_ids.contains(&token) {
-                Some(FinishReason::Eos)
-            } else if on_token(index, token) == Flow::Stop {
-                Some(FinishReason::Stop)
-            } else if row.new_tokens().len() >= row.limits.max_new {
-                Some(FinishReason::Length)
-            } else {
-                None
-            };
+            row.push(token, config, &mut |token| on_token(index, token));
         }
         if rows.iter().all(|row| row.finish.is_some()) {
             break;
         }
         logits = decoder.step(&next)?;
     }
-    Ok(rows
-        .into_iter()
-        .map(|mut row| Generated {
-            tokens: row.sequence.split_off(row.context_len),
-            finish: row.finish.unwrap_or(FinishReason::Length),
-        })
-        .collect())
+    Ok(rows.into_iter().map(Row::into_generated).collect())
 }
 
 /// Picks the next token of a row: processors, then argmax or warpers and a draw.
 fn choose(scores: &mut [f32], row: &Row, config: &GenerationConfig, rng: &mut ChaCha8Rng) -> u32 {
-    process(
-        scores,
-        &row.sequence,
-        row.new_tokens().len(),
-        row.limits.min_new,
-        config,
-    );
     if !config.samples() {
-        return logits::argmax(scores);
+        return greedy(scores, row, config);
     }
+    row.process(scores, config);
     warp(scores, config, 1);
     logits::sample(scores, rng)
+}
+
+/// The most likely next token of a row, after the processors.
+fn greedy(scores: &mut [f32], row: &Row, config: &GenerationConfig) -> u32 {
+    row.process(scores, config);
+    logits::argmax(scores)
 }
 
 /// The logits processors, in transformers' order, for a row whose `sequence` (context and

@@ -312,3 +312,43 @@ impl crate::generation::Decoder for Gpt2Session<'_> {
         Ok(())
     }
 }
+
+/// One prompt's session takes several tokens at once and forgets rejected ones: what
+/// speculative decoding needs of the model and of its draft.
+impl crate::generation::Rewind for Gpt2Session<'_> {
+    fn seen(&self) -> usize {
+        self.cache.len()
+    }
+
+    fn extend(&mut self, tokens: &[u32]) -> crate::Result<Tensor> {
+        let rows = self.positions.len();
+        if rows != 1 {
+            return Err(crate::Error::Generation(format!(
+                "only a one-prompt session takes several tokens at once, not {rows}"
+            )));
+        }
+        let device = self.mask.device().clone();
+        let new = tokens.len();
+        let first = self.positions[0];
+        let ids = Tensor::from_slice(tokens, (1, new), &device)?;
+        let positions = Tensor::arange(first, first + new as u32, &device)?.unsqueeze(0)?;
+        self.mask = Tensor::cat(
+            &[&self.mask, &Tensor::ones((1, new), DType::U32, &device)?],
+            1,
+        )?;
+        let hidden = self
+            .model
+            .forward(&ids, &positions, &self.mask, &mut self.cache)?;
+        self.positions[0] += new as u32;
+        Ok(self.model.logits(&hidden)?.squeeze(0)?)
+    }
+
+    fn rewind(&mut self, len: usize) -> crate::Result<()> {
+        // One prompt has no padding: a position is its index, and every column attends.
+        let len = len.min(self.cache.len());
+        self.cache.truncate(len);
+        self.mask = self.mask.narrow(1, 0, len)?;
+        self.positions.iter_mut().for_each(|p| *p = len as u32);
+        Ok(())
+    }
+}

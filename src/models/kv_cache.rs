@@ -78,6 +78,12 @@ impl KvCache {
         self.len += new;
     }
 
+    /// Forgets every position from `len` on (speculative decoding drops rejected tokens);
+    /// their entries are overwritten by the next append.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Keeps rows in the order `rows` gives (rows may repeat), for beam search.
     pub fn reorder(&mut self, rows: &Tensor) -> Result<()> {
         for (keys, values) in &mut self.layers {

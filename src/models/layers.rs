@@ -218,6 +218,14 @@ pub fn packed_layout(
     None
 }
 
+/// Whether q8 linear layers run on the int8 kernels for a model on `device` in `dtype`.
+pub fn fast_int8(dtype: DType, device: &candle_core::Device) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return packed_layout(Quantization::Q8, dtype, device) == Some(int8::KIND);
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
 /// The weight `(out_dim, in_dim)` of a linear layer stored as the tensors `names` (several
 /// when fused): read from the packed cache if an earlier load kept it there, else made by
 /// `make` and kept for the next load.

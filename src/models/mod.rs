@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 
 pub use encoder::{Encoder, EncoderConfig, Positions};
 pub use heads::{MaskedLm, SequenceClassifier, TokenClassifier};
-pub use layers::{packed_layout, Quantization};
+pub use layers::{fast_int8, packed_layout, Quantization};
 pub use weight_cache::WeightCache;
 pub use weights::{mmap_weights, Weights};
 

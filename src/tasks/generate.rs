@@ -1,5 +1,7 @@
 //! Causal text generation (`llmx generate`) with GPT-2-family checkpoints.
 
+use std::sync::OnceLock;
+
 use candle_core::{DType, Device};
 
 use super::LoadOptions;
@@ -8,10 +10,13 @@ use crate::error::{Error, Result};
 use crate::generation::{self, FinishReason, Flow, GenerationConfig, Overrides, RowLimits};
 use crate::hub::{self, ModelRepo};
 use crate::models::gpt2::{Gpt2, Gpt2Config, Gpt2Session};
-use crate::models::{ModelConfig, Task};
+use crate::models::{self, ModelConfig, Quantization, Task};
 use crate::tokenize::{DecodeStream, Side, TextEncoder};
 
 pub const DEFAULT_MODEL: &str = "openai-community/gpt2";
+
+/// Tokens the int8 draft proposes per pass of the model in speculative decoding.
+pub const DEFAULT_DRAFT_TOKENS: usize = 4;
 
 /// One prompt's continuation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +34,9 @@ pub struct Completion {
 
 pub struct TextGenerator {
     model: Gpt2,
+    /// Where speculative decoding can run: an f32 model on a CPU with the int8 kernels.
+    draft: Option<Draft>,
+    draft_tokens: usize,
     text: TextEncoder,
     defaults: GenerationConfig,
     device: Device,
@@ -69,13 +77,33 @@ impl TextGenerator {
                 Gpt2::load(vb, &gpt2, options.quantization).map_err(Error::WeightLayout)
             })
         })?;
+        let drafts =
+            options.quantization == Quantization::None && models::fast_int8(dtype, &device);
+        let draft = drafts.then(|| Draft {
+            repo,
+            options: LoadOptions {
+                quantization: Quantization::Q8,
+                ..options.clone()
+            },
+            config: gpt2,
+            model: OnceLock::new(),
+        });
         Ok(TextGenerator {
             model,
+            draft,
+            draft_tokens: DEFAULT_DRAFT_TOKENS,
             text,
             defaults,
             device,
             dtype,
         })
+    }
+
+    /// Sets how many tokens the int8 draft proposes per pass of the model when one prompt is
+    /// decoded greedily on the CPU in f32 (0: no speculative decoding). The output stays the
+    /// model's own greedy choice whatever the draft proposes.
+    pub fn set_draft_tokens(&mut self, tokens: usize) {
+        self.draft_tokens = tokens;
     }
 
     /// The checkpoint's own generation settings, to be overridden by the caller.
@@ -98,8 +126,17 @@ impl TextGenerator {
         prompts: &[&[u32]],
         max_new: usize,
     ) -> Result<(Gpt2Session<'_>, candle_core::Tensor)> {
+        self.start_on(&self.model, prompts, max_new)
+    }
+
+    fn start_on<'a>(
+        &self,
+        model: &'a Gpt2,
+        prompts: &[&[u32]],
+        max_new: usize,
+    ) -> Result<(Gpt2Session<'a>, candle_core::Tensor)> {
         Ok(Gpt2Session::start(
-            &self.model,
+            model,
             prompts,
             max_new,
             self.text.pad_id(),
@@ -200,24 +237,36 @@ impl TextGenerator {
         let (mut session, logits) = self.start(&prompts, max_new)?;
         let context: Vec<Vec<u32>> = jobs.iter().map(|job| job.ids.clone()).collect();
         let limits: Vec<RowLimits> = jobs.iter().map(|job| job.limits).collect();
+        let mut draft = match self.draft_for(&limits, settings)? {
+            Some(draft) => Some(self.start_on(draft, &prompts, max_new)?.0),
+            None => None,
+        };
         let mut failure = None;
-        let generated = generation::generate(
-            &mut session,
-            logits,
-            &context,
-            &limits,
-            settings,
-            |row, token| {
-                let job = &mut jobs[row];
-                match job.accept(&self.text, token, stops, on_text) {
-                    Ok(flow) => flow,
-                    Err(e) => {
-                        failure.get_or_insert(e);
-                        Flow::Stop
-                    }
+        let mut on_token = |row: usize, token| {
+            let job = &mut jobs[row];
+            match job.accept(&self.text, token, stops, on_text) {
+                Ok(flow) => flow,
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    Flow::Stop
                 }
-            },
-        )?;
+            }
+        };
+        let generated = match &mut draft {
+            Some(draft) => vec![generation::generate_with_draft(
+                &mut session,
+                draft,
+                logits,
+                &context[0],
+                limits[0],
+                settings,
+                self.draft_tokens,
+                |token| on_token(0, token),
+            )?],
+            None => {
+                generation::generate(&mut session, logits, &context, &limits, settings, on_token)?
+            }
+        };
         if let Some(e) = failure {
             return Err(e);
         }
@@ -225,6 +274,46 @@ impl TextGenerator {
             job.finish(&self.text, on_text)?;
         }
         Ok(generated)
+    }
+
+    /// The int8 draft when speculative decoding applies: one prompt, greedy, more than one
+    /// token to make, and a draft possible here. It is loaded on first use.
+    fn draft_for(
+        &self,
+        limits: &[RowLimits],
+        settings: &GenerationConfig,
+    ) -> Result<Option<&Gpt2>> {
+        let Some(draft) = &self.draft else {
+            return Ok(None);
+        };
+        let one_prompt = matches!(limits, [limits] if limits.max_new > 1);
+        if self.draft_tokens == 0 || !one_prompt || settings.samples() {
+            return Ok(None);
+        }
+        draft.model().map(Some)
+    }
+}
+
+/// The int8 copy of the checkpoint that proposes tokens in speculative decoding.
+struct Draft {
+    repo: ModelRepo,
+    /// The model's options with q8 quantization.
+    options: LoadOptions,
+    config: Gpt2Config,
+    model: OnceLock<Gpt2>,
+}
+
+impl Draft {
+    fn model(&self) -> Result<&Gpt2> {
+        if let Some(model) = self.model.get() {
+            return Ok(model);
+        }
+        let model = self
+            .options
+            .load_weights(&self.repo, (&Device::Cpu, DType::F32), |vb| {
+                Gpt2::load(vb, &self.config, Quantization::Q8).map_err(Error::WeightLayout)
+            })?;
+        Ok(self.model.get_or_init(|| model))
     }
 }
 
