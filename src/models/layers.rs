@@ -218,12 +218,17 @@ pub fn packed_layout(
     None
 }
 
-/// Whether q8 linear layers run on the int8 kernels for a model on `device` in `dtype`.
-pub fn fast_int8(dtype: DType, device: &candle_core::Device) -> bool {
+/// Whether q8 linear layers with inputs of every size in `in_dims` run on the int8 kernels,
+/// for a model on `device` in `dtype` (inputs that are not whole Q8_0 blocks stay in f32).
+pub fn fast_int8(in_dims: &[usize], dtype: DType, device: &candle_core::Device) -> bool {
+    let blocks = in_dims.iter().all(|dim| dim.is_multiple_of(Q8_0_BLOCK));
     #[cfg(target_arch = "x86_64")]
-    return packed_layout(Quantization::Q8, dtype, device) == Some(int8::KIND);
+    return blocks && packed_layout(Quantization::Q8, dtype, device) == Some(int8::KIND);
     #[cfg(not(target_arch = "x86_64"))]
-    return false;
+    {
+        let _ = (blocks, dtype, device);
+        false
+    }
 }
 
 /// The weight `(out_dim, in_dim)` of a linear layer stored as the tensors `names` (several

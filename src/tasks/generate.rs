@@ -77,8 +77,10 @@ impl TextGenerator {
                 Gpt2::load(vb, &gpt2, options.quantization).map_err(Error::WeightLayout)
             })
         })?;
-        let drafts =
-            options.quantization == Quantization::None && models::fast_int8(dtype, &device);
+        // A draft pays only where its layers are int8: Conv1D inputs are n_embd and n_inner.
+        let in_dims = [gpt2.n_embd, gpt2.n_inner.unwrap_or(4 * gpt2.n_embd)];
+        let drafts = options.quantization == Quantization::None
+            && models::fast_int8(&in_dims, dtype, &device);
         let draft = drafts.then(|| Draft {
             repo,
             options: LoadOptions {
@@ -152,7 +154,8 @@ impl TextGenerator {
 
     /// Continues each prompt as one left-padded batch. `stops` end a continuation where they
     /// appear; `on_text(row, piece)` receives each row's text as it is made (never half a
-    /// character, never part of a stop string).
+    /// character, never part of a stop string). One greedy prompt decodes speculatively
+    /// where it can ([`TextGenerator::set_draft_tokens`]).
     pub fn generate(
         &self,
         prompts: &[&str],
