@@ -198,8 +198,8 @@ pub struct GenerateArgs {
     #[arg(long, help_heading = "Generation")]
     pub stream: bool,
     /// Greedy decoding of one prompt in f32 on the CPU: an int8 copy of the model proposes
-    /// up to N tokens and the model checks them in one pass, keeping only its own choices
-    /// (default 4; 0: off)
+    /// up to N tokens (fewer after misses) and the model checks them in one pass, keeping
+    /// only its own choices (default 4; 0: off)
     #[arg(long, value_name = "N", help_heading = "Generation")]
     pub draft_tokens: Option<usize>,
 }

@@ -27,6 +27,10 @@ pub trait Rewind {
 /// to it. The processors (repetition penalty, n-gram blocking, minimum length) apply to the
 /// draft's guesses as to the model's choices, so that the guesses aim at what the model
 /// will pick. `on_token` sees every new non-EOS token once it is the model's choice.
+///
+/// The draft's length adapts as transformers' "heuristic" schedule does: one shorter after
+/// a pass that rejected a guess (never below 1), two longer after one that kept them all
+/// (never above `draft_tokens`), so that a draft that often misses costs few steps.
 #[allow(clippy::too_many_arguments)]
 pub fn generate_with_draft(
     model: &mut dyn Rewind,
@@ -50,12 +54,13 @@ pub fn generate_with_draft(
         .to_vec1()?;
     let first = greedy(&mut scores, &row, config);
     let mut done = row.push(first, config, &mut on_token);
+    let mut length = draft_tokens;
     while !done {
         // The model has seen all but the last token of the sequence.
         let base = row.sequence.len();
         let room = row.limits.max_new - row.new_tokens().len();
         // Room for the guesses and the model's token after them.
-        let guesses = propose(draft, &mut row, config, draft_tokens.min(room - 1))?;
+        let guesses = propose(draft, &mut row, config, length.min(room - 1))?;
         let mut fed = Vec::with_capacity(guesses.len() + 1);
         fed.push(row.sequence[base - 1]);
         fed.extend_from_slice(&guesses);
@@ -76,6 +81,13 @@ pub fn generate_with_draft(
         // draft what it saw of the sequence.
         model.rewind(row.sequence.len() - 1)?;
         draft.rewind(draft.seen().min(base + accepted))?;
+        length = if accepted < guesses.len() {
+            length.saturating_sub(1).max(1)
+        } else if accepted == length {
+            (length + 2).min(draft_tokens)
+        } else {
+            length
+        };
     }
     Ok(row.into_generated())
 }
@@ -118,8 +130,9 @@ mod tests {
     const VOCAB: usize = 11;
     const EOS: u32 = 10;
 
-    /// Next-token scores that depend on the whole sequence, like a model's.
-    fn scores(sequence: &[u32], disagree: bool) -> Vec<f32> {
+    /// Next-token scores that depend on the whole sequence, like a model's; a draft
+    /// (`wrong_one_in` > 0) pushes a token of its own about that often.
+    fn scores(sequence: &[u32], wrong_one_in: u64) -> Vec<f32> {
         let mut hash = 0xcbf2_9ce4_8422_2325u64;
         for &token in sequence {
             hash = (hash ^ u64::from(token)).wrapping_mul(0x1000_0000_01b3);
@@ -127,17 +140,16 @@ mod tests {
         let mut scores: Vec<f32> = (0..VOCAB as u64)
             .map(|v| ((hash >> (v * 5 % 59)) % 97) as f32 / 10.0 - 4.0)
             .collect();
-        // The draft is wrong about a third of the time.
-        if disagree && hash.is_multiple_of(3) {
+        if wrong_one_in > 0 && hash.is_multiple_of(wrong_one_in) {
             scores[(hash % VOCAB as u64) as usize] += 20.0;
         }
         scores
     }
 
-    /// One row's session; `disagree` makes it the imperfect draft.
+    /// One row's session; `wrong_one_in` > 0 makes it an imperfect draft.
     struct Mock {
         seen: Vec<u32>,
-        disagree: bool,
+        wrong_one_in: u64,
         passes: usize,
     }
 
@@ -145,7 +157,7 @@ mod tests {
         fn logits(&self, from: usize) -> Tensor {
             let rows: Vec<f32> = (from..=self.seen.len())
                 .skip(1)
-                .flat_map(|end| scores(&self.seen[..end], self.disagree))
+                .flat_map(|end| scores(&self.seen[..end], self.wrong_one_in))
                 .collect();
             let count = rows.len() / VOCAB;
             Tensor::from_vec(rows, (count, VOCAB), &candle_core::Device::Cpu).unwrap()
@@ -181,10 +193,10 @@ mod tests {
         }
     }
 
-    fn mock(context: &[u32], disagree: bool) -> Mock {
+    fn mock(context: &[u32], wrong_one_in: u64) -> Mock {
         Mock {
             seen: context.to_vec(),
-            disagree,
+            wrong_one_in,
             passes: 0,
         }
     }
@@ -193,7 +205,7 @@ mod tests {
     fn drafted_decoding_equals_plain_greedy_decoding() {
         let context = [3u32, 1, 4, 1, 5];
         let first = || {
-            mock(&[], false)
+            mock(&[], 0)
                 .extend(&context)
                 .unwrap()
                 .get(4)
@@ -225,7 +237,7 @@ mod tests {
                 };
                 let mut plain_tokens = Vec::new();
                 let plain = generate(
-                    &mut mock(&context, false),
+                    &mut mock(&context, 0),
                     first().unwrap(),
                     &[context.to_vec()],
                     &[limits],
@@ -239,7 +251,7 @@ mod tests {
                 .remove(0);
                 eos_seen |= plain.finish == FinishReason::Eos;
                 for draft_tokens in [0, 1, 3, 8] {
-                    let (mut model, mut draft) = (mock(&context, false), mock(&context, true));
+                    let (mut model, mut draft) = (mock(&context, 0), mock(&context, 3));
                     let mut tokens = Vec::new();
                     let drafted = generate_with_draft(
                         &mut model,
@@ -270,9 +282,40 @@ mod tests {
     }
 
     #[test]
+    fn a_draft_that_misses_shrinks_to_one_guess() {
+        let context = [1u32, 2, 3];
+        let first = mock(&[], 0).extend(&context).unwrap().get(2).unwrap();
+        let limits = RowLimits {
+            max_new: 60,
+            min_new: 0,
+            window_bound: false,
+        };
+        let (mut model, mut draft) = (mock(&context, 0), mock(&context, 1));
+        let drafted = generate_with_draft(
+            &mut model,
+            &mut draft,
+            first.unsqueeze(0).unwrap(),
+            &context,
+            limits,
+            &GenerationConfig::default(),
+            8,
+            |_| Flow::Continue,
+        )
+        .unwrap();
+        assert_eq!(drafted.tokens.len(), 60);
+        // Eight guesses a pass would be ~8 draft steps per model pass; shrunk, ~1.
+        assert!(
+            draft.passes < model.passes * 2,
+            "{} draft steps for {} passes",
+            draft.passes,
+            model.passes
+        );
+    }
+
+    #[test]
     fn a_stop_ends_drafted_decoding_at_once() {
         let context = [2u32, 7];
-        let first = mock(&[], false).extend(&context).unwrap().get(1).unwrap();
+        let first = mock(&[], 0).extend(&context).unwrap().get(1).unwrap();
         let limits = RowLimits {
             max_new: 30,
             min_new: 0,
@@ -280,8 +323,8 @@ mod tests {
         };
         let mut seen = 0;
         let drafted = generate_with_draft(
-            &mut mock(&context, false),
-            &mut mock(&context, true),
+            &mut mock(&context, 0),
+            &mut mock(&context, 3),
             first.unsqueeze(0).unwrap(),
             &context,
             limits,
