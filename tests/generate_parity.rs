@@ -2,8 +2,10 @@
 //! scripts/fixtures_gpt2.py with the real GPT-2 vocabulary): tokenizer ids, logits, greedy
 //! token ids exactly (with and without repetition penalty, EOS and min_new_tokens), batched ==
 //! single, cached == uncached, and the sampling distribution after transformers' processors.
-//! One greedy prompt decodes speculatively (an int8 draft checked by the model) where the
-//! CPU has the int8 kernels; the greedy cases run with drafts of several lengths and none.
+//! One prompt decodes speculatively (an int8 draft checked by the model) where the CPU has
+//! the int8 kernels; the greedy cases run with drafts of several lengths and none, and a
+//! seeded single prompt samples through the draft (its distribution: generation's unit
+//! tests).
 
 use std::path::{Path, PathBuf};
 

@@ -197,9 +197,9 @@ pub struct GenerateArgs {
     /// Print tokens as they come (the default when stdout is a terminal)
     #[arg(long, help_heading = "Generation")]
     pub stream: bool,
-    /// Greedy decoding of one prompt in f32 on the CPU: an int8 copy of the model proposes
-    /// up to N tokens (fewer after misses) and the model checks them in one pass, keeping
-    /// only its own choices (default 4; 0: off)
+    /// Decoding one prompt in f32 on the CPU: an int8 copy of the model proposes up to N
+    /// tokens (fewer after misses) and the model checks them in one pass; output follows
+    /// the model alone (default 4; 0: off)
     #[arg(long, value_name = "N", help_heading = "Generation")]
     pub draft_tokens: Option<usize>,
 }

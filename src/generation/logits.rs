@@ -106,7 +106,11 @@ pub fn argmax(scores: &[f32]) -> u32 {
 
 /// Draws a token from the softmax of `scores`.
 pub fn sample(scores: &[f32], rng: &mut impl Rng) -> u32 {
-    let probs = softmax(scores);
+    draw(&softmax(scores), rng)
+}
+
+/// Draws a token with the probabilities `probs` (summing to 1).
+pub fn draw(probs: &[f32], rng: &mut impl Rng) -> u32 {
     let mut target: f32 = rng.random();
     for (i, &p) in probs.iter().enumerate() {
         if target < p {

@@ -176,9 +176,14 @@ fn choose(scores: &mut [f32], row: &Row, config: &GenerationConfig, rng: &mut Ch
     if !config.samples() {
         return greedy(scores, row, config);
     }
+    logits::draw(&probabilities(scores, row, config), rng)
+}
+
+/// The sampling distribution of a row's next token: processors, warpers, softmax.
+fn probabilities(scores: &mut [f32], row: &Row, config: &GenerationConfig) -> Vec<f32> {
     row.process(scores, config);
     warp(scores, config, 1);
-    logits::sample(scores, rng)
+    logits::softmax(scores)
 }
 
 /// The most likely next token of a row, after the processors.

@@ -1,11 +1,17 @@
-//! Speculative greedy decoding: a cheap draft (the int8 copy of the model) proposes a few
-//! tokens one at a time, and the model scores all of them in one pass. Every token kept is
-//! the model's own greedy choice, so the output is what plain greedy decoding gives; the
-//! gain is that a batch-1 step reads every weight once however many tokens it checks.
+//! Speculative decoding: a cheap draft (the int8 copy of the model) proposes a few tokens
+//! one at a time, and the model scores all of them in one pass. Greedy decoding keeps a
+//! guess when it is the model's own choice; sampling keeps it with probability
+//! min(1, p/q) and otherwise draws from what the model gives beyond the draft, max(0, p -
+//! q) (speculative sampling, as transformers' assisted generation does), so tokens follow
+//! the model's own distribution. The gain is that a batch-1 pass reads every weight once
+//! however many tokens it checks.
 
 use candle_core::{DType, Tensor};
+use rand::Rng;
 
-use super::{greedy, Flow, Generated, GenerationConfig, Row, RowLimits};
+use super::{
+    choose, greedy, logits, probabilities, rng, Flow, Generated, GenerationConfig, Row, RowLimits,
+};
 use crate::error::Result;
 
 /// One prompt's model session that takes several tokens at once and can forget the newest:
@@ -22,11 +28,17 @@ pub trait Rewind {
     fn rewind(&mut self, len: usize) -> Result<()>;
 }
 
-/// Greedy generation for one row, checking up to `draft_tokens` tokens of `draft` per pass
-/// of `model`. Both have seen `context`; `first_logits` `(1, vocab)` is the model's answer
-/// to it. The processors (repetition penalty, n-gram blocking, minimum length) apply to the
-/// draft's guesses as to the model's choices, so that the guesses aim at what the model
-/// will pick. `on_token` sees every new non-EOS token once it is the model's choice.
+/// A draft's guess, with the probabilities it was drawn from when sampling.
+struct Guess {
+    token: u32,
+    probabilities: Option<Vec<f32>>,
+}
+
+/// Greedy or sampled generation for one row, checking up to `draft_tokens` tokens of
+/// `draft` per pass of `model`. Both have seen `context`; `first_logits` `(1, vocab)` is
+/// the model's answer to it. Processors and warpers apply to the draft's guesses as to the
+/// model's choices, so that the guesses aim at what the model will pick. `on_token` sees
+/// every new non-EOS token once it is kept.
 ///
 /// The draft's length adapts as transformers' "heuristic" schedule does: one shorter after
 /// a pass that rejected a guess (never below 1), two longer after one that kept them all
@@ -42,17 +54,13 @@ pub fn generate_with_draft(
     draft_tokens: usize,
     mut on_token: impl FnMut(u32) -> Flow,
 ) -> Result<Generated> {
-    if config.samples() {
-        return Err(crate::Error::Generation(
-            "speculative decoding is greedy only; sampling needs plain decoding".into(),
-        ));
-    }
+    let mut rng = rng(config);
     let mut row = Row::new(context, limits);
     let mut scores = first_logits
         .to_dtype(DType::F32)?
         .flatten_all()?
         .to_vec1()?;
-    let first = greedy(&mut scores, &row, config);
+    let first = choose(&mut scores, &row, config, &mut rng);
     let mut done = row.push(first, config, &mut on_token);
     let mut length = draft_tokens;
     while !done {
@@ -60,19 +68,22 @@ pub fn generate_with_draft(
         let base = row.sequence.len();
         let room = row.limits.max_new - row.new_tokens().len();
         // Room for the guesses and the model's token after them.
-        let guesses = propose(draft, &mut row, config, length.min(room - 1))?;
+        let guesses = propose(draft, &mut row, config, length.min(room - 1), &mut rng)?;
         let mut fed = Vec::with_capacity(guesses.len() + 1);
         fed.push(row.sequence[base - 1]);
-        fed.extend_from_slice(&guesses);
+        fed.extend(guesses.iter().map(|guess| guess.token));
         let checked: Vec<Vec<f32>> = model.extend(&fed)?.to_dtype(DType::F32)?.to_vec2()?;
         let mut accepted = 0;
         for (mut scores, guess) in checked
             .into_iter()
             .zip(guesses.iter().map(Some).chain([None]))
         {
-            let token = greedy(&mut scores, &row, config);
+            let token = match guess {
+                Some(guess) => check(&mut scores, &row, config, guess, &mut rng),
+                None => choose(&mut scores, &row, config, &mut rng),
+            };
             done = row.push(token, config, &mut on_token);
-            if done || guess != Some(&token) {
+            if done || guess.is_none_or(|guess| guess.token != token) {
                 break;
             }
             accepted += 1;
@@ -92,14 +103,47 @@ pub fn generate_with_draft(
     Ok(row.into_generated())
 }
 
-/// Up to `count` greedy guesses of `draft` after `row`'s sequence, stopping after EOS. The
-/// draft first sees what of the sequence it has not; the last guess is never fed to it.
+/// The model's token where the draft guessed `guess`: the guess itself if kept.
+fn check(
+    scores: &mut [f32],
+    row: &Row,
+    config: &GenerationConfig,
+    guess: &Guess,
+    rng: &mut impl Rng,
+) -> u32 {
+    let Some(drafted) = &guess.probabilities else {
+        return greedy(scores, row, config);
+    };
+    let wanted = probabilities(scores, row, config);
+    let token = guess.token as usize;
+    if rng.random::<f32>() * drafted[token] < wanted[token] {
+        return guess.token;
+    }
+    // Rejected, so the model wants the guess less than the draft did: draw from the
+    // probability the model puts beyond the draft.
+    let mut beyond: Vec<f32> = wanted
+        .iter()
+        .zip(drafted)
+        .map(|(p, q)| (p - q).max(0.0))
+        .collect();
+    let total: f32 = beyond.iter().sum();
+    if total <= 0.0 {
+        // Only rounding separates the two: the model's own distribution.
+        return logits::draw(&wanted, rng);
+    }
+    beyond.iter_mut().for_each(|p| *p /= total);
+    logits::draw(&beyond, rng)
+}
+
+/// Up to `count` guesses of `draft` after `row`'s sequence, stopping after EOS. The draft
+/// first sees what of the sequence it has not; the last guess is never fed to it.
 fn propose(
     draft: &mut dyn Rewind,
     row: &mut Row,
     config: &GenerationConfig,
     count: usize,
-) -> Result<Vec<u32>> {
+    rng: &mut impl Rng,
+) -> Result<Vec<Guess>> {
     let base = row.sequence.len();
     let mut guesses = Vec::with_capacity(count);
     while guesses.len() < count {
@@ -109,12 +153,24 @@ fn propose(
             .get(unseen.len() - 1)?
             .to_dtype(DType::F32)?
             .to_vec1()?;
+        let guess = if config.samples() {
+            let probabilities = probabilities(&mut scores, row, config);
+            Guess {
+                token: logits::draw(&probabilities, rng),
+                probabilities: Some(probabilities),
+            }
+        } else {
+            Guess {
+                token: greedy(&mut scores, row, config),
+                probabilities: None,
+            }
+        };
         // The guess stands in the sequence while the next is drafted, so that the
         // processors see it; the caller's sequence is restored below.
-        let guess = greedy(&mut scores, row, config);
-        row.sequence.push(guess);
+        row.sequence.push(guess.token);
+        let eos = config.eos_token_ids.contains(&guess.token);
         guesses.push(guess);
-        if config.eos_token_ids.contains(&guess) {
+        if eos {
             break;
         }
     }
@@ -279,6 +335,87 @@ mod tests {
             }
         }
         assert!(eos_seen, "no case ended at EOS");
+    }
+
+    #[test]
+    fn drafted_sampling_follows_the_models_distribution() {
+        const RUNS: u64 = 20_000;
+        const NEW: usize = 4;
+        let context = [4u32, 2];
+        let config = GenerationConfig {
+            do_sample: true,
+            temperature: 0.7,
+            top_k: 6,
+            repetition_penalty: 1.2,
+            ..GenerationConfig::default()
+        };
+        let limits = RowLimits {
+            max_new: NEW,
+            min_new: 0,
+            window_bound: false,
+        };
+        // Exact: each position's distribution under the model, over every path to it.
+        let mut exact = vec![vec![0f64; VOCAB]; NEW];
+        let mut paths = vec![(Row::new(&context, limits), 1f64)];
+        for position in exact.iter_mut() {
+            let mut next = Vec::new();
+            for (row, chance) in paths {
+                let mut scores = scores(&row.sequence, 0);
+                let wanted = probabilities(&mut scores, &row, &config);
+                for (token, &p) in wanted.iter().enumerate().filter(|(_, &p)| p > 0.0) {
+                    position[token] += chance * f64::from(p);
+                    let mut longer = Row::new(&context, limits);
+                    longer.sequence = row.sequence.clone();
+                    longer.sequence.push(token as u32);
+                    next.push((longer, chance * f64::from(p)));
+                }
+            }
+            paths = next;
+        }
+        let first = mock(&[], 0).extend(&context).unwrap().get(1).unwrap();
+        let mut counts = vec![vec![0u64; VOCAB]; NEW];
+        let mut kept = 0;
+        for seed in 0..RUNS {
+            let (mut model, mut draft) = (mock(&context, 0), mock(&context, 3));
+            let drafted = generate_with_draft(
+                &mut model,
+                &mut draft,
+                first.unsqueeze(0).unwrap(),
+                &context,
+                limits,
+                &GenerationConfig {
+                    seed: Some(seed),
+                    ..config.clone()
+                },
+                3,
+                |_| Flow::Continue,
+            )
+            .unwrap();
+            assert_eq!(drafted.tokens.len(), NEW);
+            for (count, &token) in counts.iter_mut().zip(&drafted.tokens) {
+                count[token as usize] += 1;
+            }
+            kept += NEW - 1 - model.passes;
+        }
+        for (position, (count, exact)) in counts.iter().zip(&exact).enumerate() {
+            let distance: f64 = count
+                .iter()
+                .zip(exact)
+                .map(|(&n, &p)| (n as f64 / RUNS as f64 - p).abs())
+                .sum::<f64>()
+                / 2.0;
+            // Sampling noise alone gives ~0.006 at this many runs.
+            assert!(
+                distance < 0.025,
+                "position {position}: total variation {distance}"
+            );
+        }
+        // Guesses were kept and rejected both, or the test shows little.
+        let guessed = (NEW - 1) as u64 * RUNS;
+        assert!(
+            (guessed / 10..guessed * 9 / 10).contains(&(kept as u64)),
+            "{kept} of {guessed} kept"
+        );
     }
 
     #[test]

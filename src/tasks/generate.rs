@@ -102,8 +102,9 @@ impl TextGenerator {
     }
 
     /// Sets how many tokens the int8 draft proposes per pass of the model when one prompt is
-    /// decoded greedily on the CPU in f32 (0: no speculative decoding). The output stays the
-    /// model's own greedy choice whatever the draft proposes.
+    /// decoded on the CPU in f32 (0: no speculative decoding). Greedy output stays the
+    /// model's own choice, and sampled tokens follow the model's own distribution, whatever
+    /// the draft proposes.
     pub fn set_draft_tokens(&mut self, tokens: usize) {
         self.draft_tokens = tokens;
     }
@@ -154,8 +155,8 @@ impl TextGenerator {
 
     /// Continues each prompt as one left-padded batch. `stops` end a continuation where they
     /// appear; `on_text(row, piece)` receives each row's text as it is made (never half a
-    /// character, never part of a stop string). One greedy prompt decodes speculatively
-    /// where it can ([`TextGenerator::set_draft_tokens`]).
+    /// character, never part of a stop string). One prompt decodes speculatively where it
+    /// can ([`TextGenerator::set_draft_tokens`]).
     pub fn generate(
         &self,
         prompts: &[&str],
@@ -240,7 +241,7 @@ impl TextGenerator {
         let (mut session, logits) = self.start(&prompts, max_new)?;
         let context: Vec<Vec<u32>> = jobs.iter().map(|job| job.ids.clone()).collect();
         let limits: Vec<RowLimits> = jobs.iter().map(|job| job.limits).collect();
-        let mut draft = match self.draft_for(&limits, settings)? {
+        let mut draft = match self.draft_for(&limits)? {
             Some(draft) => Some(self.start_on(draft, &prompts, max_new)?.0),
             None => None,
         };
@@ -279,18 +280,14 @@ impl TextGenerator {
         Ok(generated)
     }
 
-    /// The int8 draft when speculative decoding applies: one prompt, greedy, more than one
-    /// token to make, and a draft possible here. It is loaded on first use.
-    fn draft_for(
-        &self,
-        limits: &[RowLimits],
-        settings: &GenerationConfig,
-    ) -> Result<Option<&Gpt2>> {
+    /// The int8 draft when speculative decoding applies: one prompt, more than one token to
+    /// make, and a draft possible here. It is loaded on first use.
+    fn draft_for(&self, limits: &[RowLimits]) -> Result<Option<&Gpt2>> {
         let Some(draft) = &self.draft else {
             return Ok(None);
         };
         let one_prompt = matches!(limits, [limits] if limits.max_new > 1);
-        if self.draft_tokens == 0 || !one_prompt || settings.samples() {
+        if self.draft_tokens == 0 || !one_prompt {
             return Ok(None);
         }
         draft.model().map(Some)
