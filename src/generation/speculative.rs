@@ -257,17 +257,40 @@ mod tests {
         }
     }
 
+    /// The model's next-token logits `(1, vocab)` after `context`.
+    fn first_logits(context: &[u32]) -> Tensor {
+        let all = mock(&[], 0).extend(context).unwrap();
+        all.get(context.len() - 1).unwrap().unsqueeze(0).unwrap()
+    }
+
+    /// Drafted generation by fresh sessions that have seen `context`: the model, and a draft
+    /// wrong one time in `wrong_one_in`. Returns both sessions with the result.
+    fn run_drafted(
+        context: &[u32],
+        wrong_one_in: u64,
+        limits: RowLimits,
+        config: &GenerationConfig,
+        draft_tokens: usize,
+        on_token: impl FnMut(u32) -> Flow,
+    ) -> (Generated, Mock, Mock) {
+        let (mut model, mut draft) = (mock(context, 0), mock(context, wrong_one_in));
+        let generated = generate_with_draft(
+            &mut model,
+            &mut draft,
+            first_logits(context),
+            context,
+            limits,
+            config,
+            draft_tokens,
+            on_token,
+        )
+        .unwrap();
+        (generated, model, draft)
+    }
+
     #[test]
     fn drafted_decoding_equals_plain_greedy_decoding() {
         let context = [3u32, 1, 4, 1, 5];
-        let first = || {
-            mock(&[], 0)
-                .extend(&context)
-                .unwrap()
-                .get(4)
-                .unwrap()
-                .unsqueeze(0)
-        };
         let settings = [
             GenerationConfig::default(),
             GenerationConfig {
@@ -294,7 +317,7 @@ mod tests {
                 let mut plain_tokens = Vec::new();
                 let plain = generate(
                     &mut mock(&context, 0),
-                    first().unwrap(),
+                    first_logits(&context),
                     &[context.to_vec()],
                     &[limits],
                     config,
@@ -307,22 +330,12 @@ mod tests {
                 .remove(0);
                 eos_seen |= plain.finish == FinishReason::Eos;
                 for draft_tokens in [0, 1, 3, 8] {
-                    let (mut model, mut draft) = (mock(&context, 0), mock(&context, 3));
                     let mut tokens = Vec::new();
-                    let drafted = generate_with_draft(
-                        &mut model,
-                        &mut draft,
-                        first().unwrap(),
-                        &context,
-                        limits,
-                        config,
-                        draft_tokens,
-                        |token| {
+                    let (drafted, model, _) =
+                        run_drafted(&context, 3, limits, config, draft_tokens, |token| {
                             tokens.push(token);
                             Flow::Continue
-                        },
-                    )
-                    .unwrap();
+                        });
                     let case = format!("{config:?} {limits:?} draft {draft_tokens}");
                     assert_eq!(drafted, plain, "{case}");
                     assert_eq!(tokens, plain_tokens, "streamed, {case}");
@@ -372,25 +385,15 @@ mod tests {
             }
             paths = next;
         }
-        let first = mock(&[], 0).extend(&context).unwrap().get(1).unwrap();
         let mut counts = vec![vec![0u64; VOCAB]; NEW];
         let mut kept = 0;
         for seed in 0..RUNS {
-            let (mut model, mut draft) = (mock(&context, 0), mock(&context, 3));
-            let drafted = generate_with_draft(
-                &mut model,
-                &mut draft,
-                first.unsqueeze(0).unwrap(),
-                &context,
-                limits,
-                &GenerationConfig {
-                    seed: Some(seed),
-                    ..config.clone()
-                },
-                3,
-                |_| Flow::Continue,
-            )
-            .unwrap();
+            let seeded = GenerationConfig {
+                seed: Some(seed),
+                ..config.clone()
+            };
+            let (drafted, model, _) =
+                run_drafted(&context, 3, limits, &seeded, 3, |_| Flow::Continue);
             assert_eq!(drafted.tokens.len(), NEW);
             for (count, &token) in counts.iter_mut().zip(&drafted.tokens) {
                 count[token as usize] += 1;
@@ -421,24 +424,14 @@ mod tests {
     #[test]
     fn a_draft_that_misses_shrinks_to_one_guess() {
         let context = [1u32, 2, 3];
-        let first = mock(&[], 0).extend(&context).unwrap().get(2).unwrap();
         let limits = RowLimits {
             max_new: 60,
             min_new: 0,
             window_bound: false,
         };
-        let (mut model, mut draft) = (mock(&context, 0), mock(&context, 1));
-        let drafted = generate_with_draft(
-            &mut model,
-            &mut draft,
-            first.unsqueeze(0).unwrap(),
-            &context,
-            limits,
-            &GenerationConfig::default(),
-            8,
-            |_| Flow::Continue,
-        )
-        .unwrap();
+        let config = GenerationConfig::default();
+        let (drafted, model, draft) =
+            run_drafted(&context, 1, limits, &config, 8, |_| Flow::Continue);
         assert_eq!(drafted.tokens.len(), 60);
         // Eight guesses a pass would be ~8 draft steps per model pass; shrunk, ~1.
         assert!(
@@ -452,31 +445,21 @@ mod tests {
     #[test]
     fn a_stop_ends_drafted_decoding_at_once() {
         let context = [2u32, 7];
-        let first = mock(&[], 0).extend(&context).unwrap().get(1).unwrap();
         let limits = RowLimits {
             max_new: 30,
             min_new: 0,
             window_bound: false,
         };
         let mut seen = 0;
-        let drafted = generate_with_draft(
-            &mut mock(&context, 0),
-            &mut mock(&context, 3),
-            first.unsqueeze(0).unwrap(),
-            &context,
-            limits,
-            &GenerationConfig::default(),
-            4,
-            |_| {
+        let (drafted, _, _) =
+            run_drafted(&context, 3, limits, &GenerationConfig::default(), 4, |_| {
                 seen += 1;
                 if seen == 6 {
                     Flow::Stop
                 } else {
                     Flow::Continue
                 }
-            },
-        )
-        .unwrap();
+            });
         assert_eq!(drafted.tokens.len(), 6);
         assert_eq!(drafted.finish, FinishReason::Stop);
     }

@@ -280,19 +280,27 @@ impl<'a> Gpt2Session<'a> {
     }
 }
 
-impl crate::generation::Decoder for Gpt2Session<'_> {
-    fn step(&mut self, tokens: &[u32]) -> crate::Result<Tensor> {
-        let rows = tokens.len();
+impl Gpt2Session<'_> {
+    /// Runs `ids` `(rows, new)` at `positions` after the cache, every new position attended,
+    /// and returns the final hidden states `(rows, new, embd)`.
+    fn feed(&mut self, ids: &[u32], positions: &[u32], new: usize) -> Result<Tensor> {
+        let rows = ids.len() / new;
         let device = self.mask.device().clone();
-        let ids = Tensor::from_slice(tokens, (rows, 1), &device)?;
-        let positions = Tensor::from_slice(&self.positions, (rows, 1), &device)?;
+        let ids = Tensor::from_slice(ids, (rows, new), &device)?;
+        let positions = Tensor::from_slice(positions, (rows, new), &device)?;
         self.mask = Tensor::cat(
-            &[&self.mask, &Tensor::ones((rows, 1), DType::U32, &device)?],
+            &[&self.mask, &Tensor::ones((rows, new), DType::U32, &device)?],
             1,
         )?;
-        let hidden = self
-            .model
-            .forward(&ids, &positions, &self.mask, &mut self.cache)?;
+        self.model
+            .forward(&ids, &positions, &self.mask, &mut self.cache)
+    }
+}
+
+impl crate::generation::Decoder for Gpt2Session<'_> {
+    fn step(&mut self, tokens: &[u32]) -> crate::Result<Tensor> {
+        let positions = self.positions.clone();
+        let hidden = self.feed(tokens, &positions, 1)?;
         // Finished rows keep stepping with padding; keep their positions inside the table.
         let last = self.model.config.n_positions.saturating_sub(1) as u32;
         self.positions
@@ -327,18 +335,10 @@ impl crate::generation::Rewind for Gpt2Session<'_> {
                 "only a one-prompt session takes several tokens at once, not {rows}"
             )));
         }
-        let device = self.mask.device().clone();
         let new = tokens.len();
         let first = self.positions[0];
-        let ids = Tensor::from_slice(tokens, (1, new), &device)?;
-        let positions = Tensor::arange(first, first + new as u32, &device)?.unsqueeze(0)?;
-        self.mask = Tensor::cat(
-            &[&self.mask, &Tensor::ones((1, new), DType::U32, &device)?],
-            1,
-        )?;
-        let hidden = self
-            .model
-            .forward(&ids, &positions, &self.mask, &mut self.cache)?;
+        let positions: Vec<u32> = (first..first + new as u32).collect();
+        let hidden = self.feed(tokens, &positions, new)?;
         self.positions[0] += new as u32;
         Ok(self.model.logits(&hidden)?.squeeze(0)?)
     }
