@@ -225,6 +225,20 @@ pub fn panel_masks<const P: usize>(width: usize) -> [u16; P] {
     })
 }
 
+/// AVX2 lane masks for `V` vectors of 8 outputs whose first `width` are real (all ones in a
+/// real lane): masked moves through them touch nothing past the last output.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+pub fn avx2_lane_masks<const V: usize>(width: usize) -> [std::arch::x86_64::__m256i; V] {
+    use std::arch::x86_64::*;
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    std::array::from_fn(|v| {
+        let real = width.saturating_sub(v * 8).min(8) as i32;
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(real), lane)
+    })
+}
+
 /// Runs `f` compiled for the widest vector unit the CPU has (AVX-512, else AVX2 + FMA),
 /// chosen at run time, so the portable loops inside `f` vectorize to it. `f` must be
 /// inlinable (a closure marked `#[inline(always)]`).

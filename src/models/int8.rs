@@ -1,4 +1,4 @@
-//! Products of f32 rows with Q8_0 weights on AVX512-VNNI, for any number of rows.
+//! Products of f32 rows with Q8_0 weights on AVX512-VNNI or AVX2, for any number of rows.
 //!
 //! The arithmetic is ggml's Q8_0 dot product, as candle's own kernels do it: each row of
 //! the input is quantized in blocks of 32 (`round(x / d)` with an f16 scale `d`), and per
@@ -12,13 +12,15 @@
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes, so weights are stored offset by 128
 //! (`q + 128`, in 0..=255) and each row block's sum is corrected by `-128 · Σ q_x`,
-//! computed once when the row is quantized.
+//! computed once when the row is quantized. AVX2 has no `vpdpbusd`; its kernel takes the
+//! weights back to signed bytes and multiplies their magnitudes by the inputs carrying the
+//! weights' signs (`vpmaddubsw`: pairs of products stay within 16 bits), as ggml does.
 
 use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::fast_math::{panel_masks, tiled_product, SharedOut, PANEL};
+use super::fast_math::{avx2_lane_masks, panel_masks, tiled_product, SharedOut, PANEL};
 use super::layers::{Q8_0_BLOCK, Q8_0_BYTES};
 use super::weight_cache::{Plain, Slab, WeightCache};
 
@@ -30,11 +32,21 @@ const LINES: usize = BLOCK / 4;
 /// Input rows per register tile. With two panels that is 12 f32 and 12 i32 sums, which
 /// stay in the 32 vector registers beside the weights (measured: 6 x 2 outran 8 x 1).
 const TILE_ROWS: usize = 6;
+/// Input rows per register tile on AVX2: 4 x 2 vectors are 8 i32 sums beside the weights'
+/// 2 signed and 2 magnitude vectors in 16 registers (f32 sums change once per block).
+const AVX2_TILE_ROWS: usize = 4;
 /// Input rows per parallel task: their quantized values stay in L2 across panels.
 const TASK_ROWS: usize = 64;
 
 /// Whether this CPU runs the kernels here.
 pub fn supported() -> bool {
+    has_vnni()
+        || (is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+}
+
+fn has_vnni() -> bool {
     is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vnni")
@@ -158,39 +170,54 @@ impl PackedQ8 {
     /// `(rows, out_dim)`. Callers check `supported()` first.
     pub fn product(&self, x: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
         assert!(supported());
+        self.product_on(has_vnni(), x, rows, bias)
+    }
+
+    /// `product` on the AVX512-VNNI kernels or the AVX2 ones; the CPU has the features.
+    fn product_on(&self, vnni: bool, x: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
         assert_eq!(x.len(), rows * self.in_dim);
         assert!(bias.is_none_or(|b| b.len() == self.out_dim));
         let input = QuantizedRows::new(x, rows, self.in_dim);
         // Several panels at once: each input value loaded serves all of them, and few
         // rows still give enough independent sums that the multiply-adds do not wait on
         // each other.
-        let group = |task_rows: usize| if task_rows <= 2 { 4 } else { 2 };
-        let tile = |row: usize, tile_rows: usize, panel: usize, panels: usize, out: &SharedOut| {
-            // SAFETY: the CPU has the features (checked above); the tile's rows and panels
-            // lie inside `input`, `self.lines`, `self.scales` and `out`, and no other tile
-            // writes these outputs.
-            unsafe { self.tile(&input, row, tile_rows, panel, panels, bias, out) };
+        let group = |task_rows: usize| match (vnni, task_rows) {
+            (true, ..=2) => 4,
+            (true, _) => 2,
+            (false, 1) => 2,
+            (false, _) => 1,
         };
-        tiled_product(rows, self.out_dim, TASK_ROWS, TILE_ROWS, group, tile)
+        let tile_rows = if vnni { TILE_ROWS } else { AVX2_TILE_ROWS };
+        let tile = |row: usize, tile_rows: usize, panel: usize, panels: usize, out: &SharedOut| {
+            let args = self.tile_args(&input, row, panel, panels, bias, out);
+            // SAFETY: the CPU has the kernel's features (checked above); the tile's rows and
+            // panels lie inside `input`, `self.lines`, `self.scales` and `out`, and no other
+            // tile writes these outputs.
+            unsafe {
+                if vnni {
+                    vnni_tile(tile_rows, panels, &args)
+                } else {
+                    avx2_tile(tile_rows, panels, &args)
+                }
+            }
+        };
+        tiled_product(rows, self.out_dim, TASK_ROWS, tile_rows, group, tile)
     }
 
-    /// Dispatches a tile of `tile_rows` (1..=TILE_ROWS) rows and `panels` consecutive panels
-    /// (4 for up to 2 rows, else 2; 1 at the end of a run) to its kernel.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile(
+    /// The arguments of the tile whose first row is `row`, over `panels` consecutive panels
+    /// from `panel`.
+    fn tile_args(
         &self,
         input: &QuantizedRows,
         row: usize,
-        tile_rows: usize,
         panel: usize,
         panels: usize,
         bias: Option<&[f32]>,
         out: &SharedOut,
-    ) {
+    ) -> TileArgs {
         let blocks = self.in_dim / BLOCK;
         let first_out = panel * PANEL;
-        let width = (panels * PANEL).min(self.out_dim - first_out);
-        let args = TileArgs {
+        TileArgs {
             quants: input.quants[row * self.in_dim..].as_ptr(),
             scales: input.scales[row * blocks..].as_ptr(),
             corrections: input.corrections[row * blocks..].as_ptr(),
@@ -200,25 +227,39 @@ impl PackedQ8 {
             bias: bias.map_or(std::ptr::null(), |bias| bias[first_out..].as_ptr()),
             out: out.at(row * self.out_dim + first_out),
             out_stride: self.out_dim,
-            width,
-        };
-        match (tile_rows, panels) {
-            (1, 4) => kernel::<1, 4>(&args),
-            (2, 4) => kernel::<2, 4>(&args),
-            (1, 2) => kernel::<1, 2>(&args),
-            (2, 2) => kernel::<2, 2>(&args),
-            (3, 2) => kernel::<3, 2>(&args),
-            (4, 2) => kernel::<4, 2>(&args),
-            (5, 2) => kernel::<5, 2>(&args),
-            (6, 2) => kernel::<6, 2>(&args),
-            (1, 1) => kernel::<1, 1>(&args),
-            (2, 1) => kernel::<2, 1>(&args),
-            (3, 1) => kernel::<3, 1>(&args),
-            (4, 1) => kernel::<4, 1>(&args),
-            (5, 1) => kernel::<5, 1>(&args),
-            (6, 1) => kernel::<6, 1>(&args),
-            _ => unreachable!("no kernel for {tile_rows} rows x {panels} panels"),
+            width: (panels * PANEL).min(self.out_dim - first_out),
         }
+    }
+}
+
+unsafe fn vnni_tile(rows: usize, panels: usize, args: &TileArgs) {
+    match (rows, panels) {
+        (1, 4) => vnni_kernel::<1, 4>(args),
+        (2, 4) => vnni_kernel::<2, 4>(args),
+        (1, 2) => vnni_kernel::<1, 2>(args),
+        (2, 2) => vnni_kernel::<2, 2>(args),
+        (3, 2) => vnni_kernel::<3, 2>(args),
+        (4, 2) => vnni_kernel::<4, 2>(args),
+        (5, 2) => vnni_kernel::<5, 2>(args),
+        (6, 2) => vnni_kernel::<6, 2>(args),
+        (1, 1) => vnni_kernel::<1, 1>(args),
+        (2, 1) => vnni_kernel::<2, 1>(args),
+        (3, 1) => vnni_kernel::<3, 1>(args),
+        (4, 1) => vnni_kernel::<4, 1>(args),
+        (5, 1) => vnni_kernel::<5, 1>(args),
+        (6, 1) => vnni_kernel::<6, 1>(args),
+        _ => unreachable!("no kernel for {rows} rows x {panels} panels"),
+    }
+}
+
+unsafe fn avx2_tile(rows: usize, panels: usize, args: &TileArgs) {
+    match (rows, panels) {
+        (1, 2) => avx2_kernel::<1, 4>(args),
+        (1, 1) => avx2_kernel::<1, 2>(args),
+        (2, 1) => avx2_kernel::<2, 2>(args),
+        (3, 1) => avx2_kernel::<3, 2>(args),
+        (4, 1) => avx2_kernel::<4, 2>(args),
+        _ => unreachable!("no kernel for {rows} rows x {panels} panels"),
     }
 }
 
@@ -286,7 +327,7 @@ struct TileArgs {
 
 /// `R` input rows times `P` panels of 16 outputs, all blocks.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn kernel<const R: usize, const P: usize>(args: &TileArgs) {
+unsafe fn vnni_kernel<const R: usize, const P: usize>(args: &TileArgs) {
     let in_dim = args.blocks * BLOCK;
     let panel_bytes = args.blocks * LINES * 64;
     let masks: [__mmask16; P] = panel_masks(args.width);
@@ -335,6 +376,69 @@ unsafe fn kernel<const R: usize, const P: usize>(args: &TileArgs) {
     }
 }
 
+/// `R` input rows times `V` vectors of 8 outputs (`V / 2` panels), all blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_kernel<const R: usize, const V: usize>(args: &TileArgs) {
+    let in_dim = args.blocks * BLOCK;
+    let panel_bytes = args.blocks * LINES * 64;
+    // Vector `v` holds outputs `8 v..8 v + 8`: half `v % 2` of panel `v / 2`.
+    let half = |v: usize| v / 2 * panel_bytes + v % 2 * 32;
+    let masks: [__m256i; V] = avx2_lane_masks(args.width);
+    let whole = args.width == V * 8;
+    let mut sums = [[_mm256_setzero_ps(); V]; R];
+    if !args.bias.is_null() {
+        let bias: [__m256; V] =
+            std::array::from_fn(|v| _mm256_maskload_ps(args.bias.add(v * 8), masks[v]));
+        sums = [bias; R];
+    }
+    let offset = _mm256_set1_epi8(i8::MIN);
+    let ones = _mm256_set1_epi16(1);
+    for b in 0..args.blocks {
+        let mut dots = [[_mm256_setzero_si256(); V]; R];
+        for group in 0..LINES {
+            let at = b * LINES * 64 + group * 64;
+            let mut signed = [_mm256_setzero_si256(); V];
+            let mut magnitude = [_mm256_setzero_si256(); V];
+            for v in 0..V {
+                let line = _mm256_load_si256(args.lines.add(half(v) + at).cast());
+                signed[v] = _mm256_xor_si256(line, offset);
+                magnitude[v] = _mm256_abs_epi8(signed[v]);
+            }
+            for (r, row) in dots.iter_mut().enumerate() {
+                let x = args.quants.add(r * in_dim + b * BLOCK + group * 4);
+                let x = _mm256_set1_epi32(x.cast::<i32>().read_unaligned());
+                for v in 0..V {
+                    let pairs = _mm256_maddubs_epi16(magnitude[v], _mm256_sign_epi8(x, signed[v]));
+                    row[v] = _mm256_add_epi32(row[v], _mm256_madd_epi16(pairs, ones));
+                }
+            }
+        }
+        for v in 0..V {
+            let scales = args
+                .weight_scales
+                .add((v / 2 * args.blocks + b) * PANEL * 2 + v % 2 * 16);
+            let weight_scales = _mm256_cvtph_ps(_mm_load_si128(scales.cast()));
+            for (r, (sums, dots)) in sums.iter_mut().zip(&dots).enumerate() {
+                let scale = _mm256_mul_ps(
+                    weight_scales,
+                    _mm256_set1_ps(*args.scales.add(r * args.blocks + b)),
+                );
+                sums[v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[v]), scale, sums[v]);
+            }
+        }
+    }
+    for (r, sums) in sums.iter().enumerate() {
+        for (v, &sum) in sums.iter().enumerate() {
+            let out = args.out.add(r * args.out_stride + v * 8);
+            if whole {
+                _mm256_storeu_ps(out, sum);
+            } else {
+                _mm256_maskstore_ps(out, masks[v], sum);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
@@ -362,9 +466,13 @@ mod tests {
     #[test]
     fn packed_product_matches_candles_q8_0_matmul() -> candle_core::Result<()> {
         if !supported() {
-            eprintln!("skipped: this CPU has no AVX512-VNNI");
+            eprintln!("skipped: this CPU has neither AVX512-VNNI nor AVX2");
             return Ok(());
         }
+        // Each kernel family this CPU runs.
+        let families = [true, false]
+            .into_iter()
+            .filter(|&vnni| !vnni || has_vnni());
         for (rows, in_dim, out_dim) in [
             (1, 64, 16),
             (1, 64, 100),
@@ -385,15 +493,15 @@ mod tests {
                 .forward(&Tensor::from_slice(&x, (rows, in_dim), &Device::Cpu)?)?
                 .to_vec2::<f32>()?;
             assert!(packed.product(&[], 0, None).is_empty());
-            for with_bias in [false, true] {
-                let got = packed.product(&x, rows, with_bias.then_some(&bias[..]));
+            for (vnni, with_bias) in families.clone().flat_map(|f| [(f, false), (f, true)]) {
+                let got = packed.product_on(vnni, &x, rows, with_bias.then_some(&bias[..]));
                 for (r, expected) in expected.iter().enumerate() {
                     for (c, &e) in expected.iter().enumerate() {
                         let e = if with_bias { e + bias[c] } else { e };
                         let g = got[r * out_dim + c];
                         assert!(
                             (g - e).abs() <= 1e-5 * (1.0 + e.abs()),
-                            "{rows}x{in_dim}x{out_dim} row {r} col {c}: {g} vs {e}"
+                            "{rows}x{in_dim}x{out_dim} (vnni: {vnni}) row {r} col {c}: {g} vs {e}"
                         );
                     }
                 }

@@ -73,12 +73,12 @@ pub struct Linear {
 enum LinearWeight {
     /// `(out, in)`, contiguous.
     Dense(Tensor),
-    /// f32 laid out for the AVX-512 kernels (CPUs that have them).
+    /// f32 laid out for the packed kernels (CPUs with AVX-512, or AVX2 and FMA).
     #[cfg(target_arch = "x86_64")]
     PackedF32(packed_f32::PackedF32),
     /// Rows past `out_dim` are zero padding.
     Quantized { matmul: QMatMul, out_dim: usize },
-    /// Q8_0 as well, laid out for the AVX512-VNNI kernels (CPUs that have them).
+    /// Q8_0 as well, laid out for the int8 kernels (CPUs with AVX512-VNNI, or AVX2).
     #[cfg(target_arch = "x86_64")]
     PackedQ8(int8::PackedQ8),
 }
@@ -892,7 +892,8 @@ mod tests {
         let weight = Tensor::randn(0f32, 0.1, (40, 64), &device)?;
         let bias = Tensor::randn(0f32, 0.1, 40, &device)?;
         let f32_weights = Linear::new(weight.clone(), Some(bias.clone()), Quantization::None)?;
-        // The kernels of CPUs without AVX-512: few rows take the skinny kernel, many the GEMM.
+        // The kernels of CPUs without the packed ones: few rows take the skinny kernel, many
+        // the GEMM.
         let dense = Linear {
             weight: LinearWeight::Dense(weight.clone()),
             bias: Some(bias.clone()),

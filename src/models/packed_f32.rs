@@ -1,4 +1,5 @@
-//! Products of f32 rows with f32 weights packed at load, on AVX-512, for any number of rows.
+//! Products of f32 rows with f32 weights packed at load, on AVX-512 or AVX2 + FMA, for any
+//! number of rows.
 //!
 //! A GEMM library packs the weight matrix into panels on every call. That is cheap next to
 //! the arithmetic when thousands of rows meet the weights (an encoder), but a decoding step
@@ -12,13 +13,14 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::fast_math::{panel_masks, tiled_product, SharedOut, PANEL};
+use super::fast_math::{avx2_lane_masks, panel_masks, tiled_product, SharedOut, PANEL};
 use super::weight_cache::{Plain, Slab, WeightCache};
 
-/// Input rows per register tile: 6 x 4 panels are 24 sums, beside 4 weight vectors and a
-/// broadcast input in the 32 vector registers.
+/// Input rows per register tile. On AVX-512, 6 x 4 panels are 24 sums, beside 4 weight
+/// vectors and a broadcast input in the 32 vector registers; on AVX2 a panel is two
+/// vectors, and 6 x 1 panel are 12 sums beside 2 weight vectors and a broadcast in 16.
 const TILE_ROWS: usize = 6;
-/// Panels per register tile.
+/// Panels per register tile on AVX-512.
 const TILE_PANELS: usize = 4;
 /// Bytes of input rows per parallel task: they stay in L2 (2 MB a core here) while the
 /// task's panels pass by (measured: 1 MB outran 128-512 KB on encoder shapes).
@@ -26,6 +28,10 @@ const TASK_BYTES: usize = 1 << 20;
 
 /// Whether this CPU runs the kernels here.
 pub fn supported() -> bool {
+    has_avx512() || (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+fn has_avx512() -> bool {
     is_x86_feature_detected!("avx512f")
 }
 
@@ -141,6 +147,11 @@ impl PackedF32 {
     /// `(rows, out_dim)`. Callers check `supported()` first.
     pub fn product(&self, x: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
         assert!(supported());
+        self.product_on(has_avx512(), x, rows, bias)
+    }
+
+    /// `product` on the AVX-512 kernels or the AVX2 ones; the CPU has the features.
+    fn product_on(&self, avx512: bool, x: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
         assert_eq!(x.len(), rows * self.in_dim);
         assert!(bias.is_none_or(|b| b.len() == self.out_dim));
         let tile =
@@ -156,36 +167,28 @@ impl PackedF32 {
                     out_stride: self.out_dim,
                     width,
                 };
-                // SAFETY: the CPU has AVX-512 (checked above); the tile's rows and panels lie
-                // inside `x`, `self.lanes` and `out`, and no other tile writes these outputs.
+                // SAFETY: the CPU has the kernel's features (checked above); the tile's rows
+                // and panels lie inside `x`, `self.lanes` and `out`, and no other tile
+                // writes these outputs.
                 unsafe {
-                    match (tile_rows, tile_panels) {
-                        (1, 4) => kernel::<1, 4>(&args),
-                        (2, 4) => kernel::<2, 4>(&args),
-                        (3, 4) => kernel::<3, 4>(&args),
-                        (4, 4) => kernel::<4, 4>(&args),
-                        (5, 4) => kernel::<5, 4>(&args),
-                        (6, 4) => kernel::<6, 4>(&args),
-                        (1, 1) => kernel::<1, 1>(&args),
-                        (2, 1) => kernel::<2, 1>(&args),
-                        (3, 1) => kernel::<3, 1>(&args),
-                        (4, 1) => kernel::<4, 1>(&args),
-                        (5, 1) => kernel::<5, 1>(&args),
-                        (6, 1) => kernel::<6, 1>(&args),
-                        _ => unreachable!("no kernel for {tile_rows} rows x {tile_panels} panels"),
+                    if avx512 {
+                        avx512_tile(tile_rows, tile_panels, &args)
+                    } else {
+                        avx2_tile(tile_rows, tile_panels, &args)
                     }
                 }
             };
         let task_rows =
             (TASK_BYTES / (4 * self.in_dim).max(1) / TILE_ROWS * TILE_ROWS).max(TILE_ROWS);
-        tiled_product(
-            rows,
-            self.out_dim,
-            task_rows,
-            TILE_ROWS,
-            |_| TILE_PANELS,
-            tile,
-        )
+        // AVX2 has half the registers of half the width: one or two rows still need
+        // several panels for enough independent sums to hide the multiply-add latency.
+        let group = |task_rows: usize| match (avx512, task_rows) {
+            (true, _) => TILE_PANELS,
+            (false, 1) => 4,
+            (false, 2) => 2,
+            (false, _) => 1,
+        };
+        tiled_product(rows, self.out_dim, task_rows, TILE_ROWS, group, tile)
     }
 }
 
@@ -203,9 +206,41 @@ struct TileArgs {
     width: usize,
 }
 
+unsafe fn avx512_tile(rows: usize, panels: usize, args: &TileArgs) {
+    match (rows, panels) {
+        (1, 4) => avx512_kernel::<1, 4>(args),
+        (2, 4) => avx512_kernel::<2, 4>(args),
+        (3, 4) => avx512_kernel::<3, 4>(args),
+        (4, 4) => avx512_kernel::<4, 4>(args),
+        (5, 4) => avx512_kernel::<5, 4>(args),
+        (6, 4) => avx512_kernel::<6, 4>(args),
+        (1, 1) => avx512_kernel::<1, 1>(args),
+        (2, 1) => avx512_kernel::<2, 1>(args),
+        (3, 1) => avx512_kernel::<3, 1>(args),
+        (4, 1) => avx512_kernel::<4, 1>(args),
+        (5, 1) => avx512_kernel::<5, 1>(args),
+        (6, 1) => avx512_kernel::<6, 1>(args),
+        _ => unreachable!("no kernel for {rows} rows x {panels} panels"),
+    }
+}
+
+unsafe fn avx2_tile(rows: usize, panels: usize, args: &TileArgs) {
+    match (rows, panels) {
+        (1, 4) => avx2_kernel::<1, 4, 8>(args),
+        (2, 2) => avx2_kernel::<2, 2, 4>(args),
+        (1, 1) => avx2_kernel::<1, 1, 2>(args),
+        (2, 1) => avx2_kernel::<2, 1, 2>(args),
+        (3, 1) => avx2_kernel::<3, 1, 2>(args),
+        (4, 1) => avx2_kernel::<4, 1, 2>(args),
+        (5, 1) => avx2_kernel::<5, 1, 2>(args),
+        (6, 1) => avx2_kernel::<6, 1, 2>(args),
+        _ => unreachable!("no kernel for {rows} rows x {panels} panels"),
+    }
+}
+
 /// `R` input rows times `P` panels of 16 outputs, all inputs.
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel<const R: usize, const P: usize>(args: &TileArgs) {
+unsafe fn avx512_kernel<const R: usize, const P: usize>(args: &TileArgs) {
     let panel_stride = args.in_dim * PANEL;
     let masks: [__mmask16; P] = panel_masks(args.width);
     let mut sums = [[_mm512_setzero_ps(); P]; R];
@@ -233,6 +268,49 @@ unsafe fn kernel<const R: usize, const P: usize>(args: &TileArgs) {
     }
 }
 
+/// `R` input rows times `P` panels of 16 outputs (`V` = 2 `P` vectors of 8), all inputs.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_kernel<const R: usize, const P: usize, const V: usize>(args: &TileArgs) {
+    const LANES: usize = 8;
+    let panel_stride = args.in_dim * PANEL;
+    // The panel's two halves are 8 lanes apart; vector `v` holds outputs `8 v..8 v + 8`.
+    let weight_at = |v: usize, k: usize| {
+        args.weights
+            .add(v / 2 * panel_stride + k * PANEL + v % 2 * LANES)
+    };
+    let whole = args.width == V * LANES;
+    // Masked moves only at the edge (AMD runs a masked store slowly).
+    let masks: [__m256i; V] = avx2_lane_masks(args.width);
+    let mut sums = [[_mm256_setzero_ps(); V]; R];
+    if !args.bias.is_null() {
+        let bias: [__m256; V] =
+            std::array::from_fn(|v| _mm256_maskload_ps(args.bias.add(v * LANES), masks[v]));
+        sums = [bias; R];
+    }
+    for k in 0..args.in_dim {
+        let mut weights = [_mm256_setzero_ps(); V];
+        for (v, w) in weights.iter_mut().enumerate() {
+            *w = _mm256_load_ps(weight_at(v, k));
+        }
+        for (r, row) in sums.iter_mut().enumerate() {
+            let x = _mm256_broadcast_ss(&*args.x.add(r * args.in_dim + k));
+            for (sum, &w) in row.iter_mut().zip(&weights) {
+                *sum = _mm256_fmadd_ps(x, w, *sum);
+            }
+        }
+    }
+    for (r, sums) in sums.iter().enumerate() {
+        for (v, &sum) in sums.iter().enumerate() {
+            let out = args.out.add(r * args.out_stride + v * LANES);
+            if whole {
+                _mm256_storeu_ps(out, sum);
+            } else {
+                _mm256_maskstore_ps(out, masks[v], sum);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,9 +326,13 @@ mod tests {
     #[test]
     fn packed_product_matches_the_plain_product() {
         if !supported() {
-            eprintln!("skipped: this CPU has no AVX-512");
+            eprintln!("skipped: this CPU has neither AVX-512 nor AVX2 + FMA");
             return;
         }
+        // Each kernel family this CPU runs.
+        let families = [true, false]
+            .into_iter()
+            .filter(|&avx512| !avx512 || has_avx512());
         for (rows, in_dim, out_dim) in [
             (1, 64, 16),
             (1, 7, 100),
@@ -280,8 +362,8 @@ mod tests {
             let mut unpacked = Vec::new();
             (0..out_dim).for_each(|o| packed.extend_with_output(o, &mut unpacked));
             assert_eq!(unpacked, weight);
-            for with_bias in [false, true] {
-                let got = packed.product(&x, rows, with_bias.then_some(&bias[..]));
+            for (avx512, with_bias) in families.clone().flat_map(|f| [(f, false), (f, true)]) {
+                let got = packed.product_on(avx512, &x, rows, with_bias.then_some(&bias[..]));
                 assert_eq!(got.len(), rows * out_dim);
                 for r in 0..rows {
                     for c in 0..out_dim {
@@ -292,7 +374,7 @@ mod tests {
                         let g = got[r * out_dim + c] as f64;
                         assert!(
                             (g - expected).abs() <= 1e-5 * (1.0 + expected.abs()),
-                            "{rows}x{in_dim}x{out_dim} row {r} col {c}: {g} vs {expected}"
+                            "{rows}x{in_dim}x{out_dim} (avx512: {avx512}) row {r} col {c}: {g} vs {expected}"
                         );
                     }
                 }
