@@ -1,8 +1,9 @@
 //! Stream a greedy continuation of one prompt from a GPT-2-family checkpoint:
 //! `cargo run --release --example generate -- MODEL PROMPT [DRAFT_TOKENS]`
 //!
-//! One prompt in f32 on a CPU with AVX512-VNNI decodes speculatively with an int8 draft of
-//! up to DRAFT_TOKENS tokens (default 4; 0 decodes plainly); the output is the same.
+//! One prompt in f32 on a CPU with the int8 kernels (AVX512-VNNI or AVX2) decodes
+//! speculatively with an int8 draft of up to DRAFT_TOKENS tokens (default 4; 0 decodes
+//! plainly); the output is the same.
 
 use std::io::Write;
 
