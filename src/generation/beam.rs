@@ -299,16 +299,25 @@ fn log_softmax(row: &[f32]) -> Vec<f32> {
 }
 
 /// Indices of the `k` largest scores, best first; equal scores keep index order.
+///
+/// One pass that holds the best `k` so far: over beams x vocabulary (128k scores for 4
+/// beams of T5) nearly every score loses to the k-th best at one comparison, where
+/// selecting over an index array had cost 5% of a beam search's time.
 fn top_indices(scores: &[f32], k: usize) -> Vec<usize> {
-    let k = k.min(scores.len());
-    let mut indices: Vec<usize> = (0..scores.len()).collect();
-    let by_score = |a: &usize, b: &usize| scores[*b].total_cmp(&scores[*a]).then(a.cmp(b));
-    if k < indices.len() {
-        indices.select_nth_unstable_by(k, by_score);
-        indices.truncate(k);
+    let mut top: Vec<usize> = Vec::with_capacity(k + 1);
+    if k == 0 {
+        return top;
     }
-    indices.sort_by(by_score);
-    indices
+    for (index, &score) in scores.iter().enumerate() {
+        // A later index loses ties, so it must beat the k-th outright.
+        if top.len() == k && score.total_cmp(&scores[top[k - 1]]).is_le() {
+            continue;
+        }
+        let at = top.partition_point(|&kept| scores[kept].total_cmp(&score).is_ge());
+        top.insert(at, index);
+        top.truncate(k);
+    }
+    top
 }
 
 /// `k` distinct indices drawn in proportion to softmax(scores), in draw order.
@@ -330,6 +339,25 @@ mod tests {
     #[test]
     fn top_indices_are_sorted_and_stable() {
         assert_eq!(top_indices(&[0.1, 0.5, 0.5, 0.9, -1.0], 3), [3, 1, 2]);
+        assert!(top_indices(&[1.0], 0).is_empty());
+        assert_eq!(top_indices(&[1.0, 2.0], 5), [1, 0]);
+        // Against sorting every index, on scores with many ties and infinities.
+        let mut state = 12345u32;
+        let scores: Vec<f32> = (0..2000)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                match state >> 28 {
+                    0 => f32::NEG_INFINITY,
+                    1 => f32::INFINITY,
+                    bits => (bits % 7) as f32 - 3.0 + (state % 3) as f32 * 0.25,
+                }
+            })
+            .collect();
+        let mut sorted: Vec<usize> = (0..scores.len()).collect();
+        sorted.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+        for k in [1, 2, 8, 100, 2000] {
+            assert_eq!(top_indices(&scores, k), sorted[..k], "k = {k}");
+        }
     }
 
     #[test]
