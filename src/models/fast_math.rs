@@ -225,18 +225,72 @@ pub fn panel_masks<const P: usize>(width: usize) -> [u16; P] {
     })
 }
 
-/// AVX2 lane masks for `V` vectors of 8 outputs whose first `width` are real (all ones in a
-/// real lane): masked moves through them touch nothing past the last output.
+/// The edges of an AVX2 register tile of `V` vectors of 8 outputs whose first `width` are
+/// real: the bias loaded into the starting sums and the sums stored, touching nothing past
+/// the last output, through masks only on a partial tile (AMD runs masked stores slowly).
 #[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2")]
-pub fn avx2_lane_masks<const V: usize>(width: usize) -> [std::arch::x86_64::__m256i; V] {
-    use std::arch::x86_64::*;
-    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    std::array::from_fn(|v| {
-        let real = width.saturating_sub(v * 8).min(8) as i32;
-        _mm256_cmpgt_epi32(_mm256_set1_epi32(real), lane)
-    })
+pub struct Avx2TileEdge<const V: usize> {
+    masks: [std::arch::x86_64::__m256i; V],
+    whole: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<const V: usize> Avx2TileEdge<V> {
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub fn new(width: usize) -> Self {
+        use std::arch::x86_64::*;
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        Avx2TileEdge {
+            masks: std::array::from_fn(|v| {
+                let real = width.saturating_sub(v * 8).min(8) as i32;
+                _mm256_cmpgt_epi32(_mm256_set1_epi32(real), lane)
+            }),
+            whole: width == V * 8,
+        }
+    }
+
+    /// The starting sums of `R` rows: `bias` (`V · 8` outputs; null for none) on each.
+    ///
+    /// # Safety
+    /// `bias` is null or points at the tile's real outputs' biases.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn start<const R: usize>(
+        &self,
+        bias: *const f32,
+    ) -> [[std::arch::x86_64::__m256; V]; R] {
+        use std::arch::x86_64::*;
+        if bias.is_null() {
+            return [[_mm256_setzero_ps(); V]; R];
+        }
+        [std::array::from_fn(|v| _mm256_maskload_ps(bias.add(v * 8), self.masks[v])); R]
+    }
+
+    /// Stores `R` rows of sums, the first at `out` and each `stride` after the last.
+    ///
+    /// # Safety
+    /// The tile's real outputs lie inside the buffer `out` points into.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn store<const R: usize>(
+        &self,
+        sums: &[[std::arch::x86_64::__m256; V]; R],
+        out: *mut f32,
+        stride: usize,
+    ) {
+        use std::arch::x86_64::*;
+        for (r, row) in sums.iter().enumerate() {
+            for (v, &sum) in row.iter().enumerate() {
+                let out = out.add(r * stride + v * 8);
+                if self.whole {
+                    _mm256_storeu_ps(out, sum);
+                } else {
+                    _mm256_maskstore_ps(out, self.masks[v], sum);
+                }
+            }
+        }
+    }
 }
 
 /// Runs `f` compiled for the widest vector unit the CPU has (AVX-512, else AVX2 + FMA),

@@ -20,7 +20,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::fast_math::{avx2_lane_masks, panel_masks, tiled_product, SharedOut, PANEL};
+use super::fast_math::{panel_masks, tiled_product, Avx2TileEdge, SharedOut, PANEL};
 use super::layers::{Q8_0_BLOCK, Q8_0_BYTES};
 use super::weight_cache::{Plain, Slab, WeightCache};
 
@@ -383,14 +383,8 @@ unsafe fn avx2_kernel<const R: usize, const V: usize>(args: &TileArgs) {
     let panel_bytes = args.blocks * LINES * 64;
     // Vector `v` holds outputs `8 v..8 v + 8`: half `v % 2` of panel `v / 2`.
     let half = |v: usize| v / 2 * panel_bytes + v % 2 * 32;
-    let masks: [__m256i; V] = avx2_lane_masks(args.width);
-    let whole = args.width == V * 8;
-    let mut sums = [[_mm256_setzero_ps(); V]; R];
-    if !args.bias.is_null() {
-        let bias: [__m256; V] =
-            std::array::from_fn(|v| _mm256_maskload_ps(args.bias.add(v * 8), masks[v]));
-        sums = [bias; R];
-    }
+    let edge = Avx2TileEdge::<V>::new(args.width);
+    let mut sums: [[__m256; V]; R] = edge.start(args.bias);
     let offset = _mm256_set1_epi8(i8::MIN);
     let ones = _mm256_set1_epi16(1);
     for b in 0..args.blocks {
@@ -427,16 +421,7 @@ unsafe fn avx2_kernel<const R: usize, const V: usize>(args: &TileArgs) {
             }
         }
     }
-    for (r, sums) in sums.iter().enumerate() {
-        for (v, &sum) in sums.iter().enumerate() {
-            let out = args.out.add(r * args.out_stride + v * 8);
-            if whole {
-                _mm256_storeu_ps(out, sum);
-            } else {
-                _mm256_maskstore_ps(out, masks[v], sum);
-            }
-        }
-    }
+    edge.store(&sums, args.out, args.out_stride);
 }
 
 #[cfg(test)]

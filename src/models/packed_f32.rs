@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::fast_math::{avx2_lane_masks, panel_masks, tiled_product, SharedOut, PANEL};
+use super::fast_math::{panel_masks, tiled_product, Avx2TileEdge, SharedOut, PANEL};
 use super::weight_cache::{Plain, Slab, WeightCache};
 
 /// Input rows per register tile. On AVX-512, 6 x 4 panels are 24 sums, beside 4 weight
@@ -226,14 +226,14 @@ unsafe fn avx512_tile(rows: usize, panels: usize, args: &TileArgs) {
 
 unsafe fn avx2_tile(rows: usize, panels: usize, args: &TileArgs) {
     match (rows, panels) {
-        (1, 4) => avx2_kernel::<1, 4, 8>(args),
-        (2, 2) => avx2_kernel::<2, 2, 4>(args),
-        (1, 1) => avx2_kernel::<1, 1, 2>(args),
-        (2, 1) => avx2_kernel::<2, 1, 2>(args),
-        (3, 1) => avx2_kernel::<3, 1, 2>(args),
-        (4, 1) => avx2_kernel::<4, 1, 2>(args),
-        (5, 1) => avx2_kernel::<5, 1, 2>(args),
-        (6, 1) => avx2_kernel::<6, 1, 2>(args),
+        (1, 4) => avx2_kernel::<1, 8>(args),
+        (2, 2) => avx2_kernel::<2, 4>(args),
+        (1, 1) => avx2_kernel::<1, 2>(args),
+        (2, 1) => avx2_kernel::<2, 2>(args),
+        (3, 1) => avx2_kernel::<3, 2>(args),
+        (4, 1) => avx2_kernel::<4, 2>(args),
+        (5, 1) => avx2_kernel::<5, 2>(args),
+        (6, 1) => avx2_kernel::<6, 2>(args),
         _ => unreachable!("no kernel for {rows} rows x {panels} panels"),
     }
 }
@@ -268,9 +268,9 @@ unsafe fn avx512_kernel<const R: usize, const P: usize>(args: &TileArgs) {
     }
 }
 
-/// `R` input rows times `P` panels of 16 outputs (`V` = 2 `P` vectors of 8), all inputs.
+/// `R` input rows times `V` vectors of 8 outputs (`V / 2` panels), all inputs.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn avx2_kernel<const R: usize, const P: usize, const V: usize>(args: &TileArgs) {
+unsafe fn avx2_kernel<const R: usize, const V: usize>(args: &TileArgs) {
     const LANES: usize = 8;
     let panel_stride = args.in_dim * PANEL;
     // The panel's two halves are 8 lanes apart; vector `v` holds outputs `8 v..8 v + 8`.
@@ -278,15 +278,8 @@ unsafe fn avx2_kernel<const R: usize, const P: usize, const V: usize>(args: &Til
         args.weights
             .add(v / 2 * panel_stride + k * PANEL + v % 2 * LANES)
     };
-    let whole = args.width == V * LANES;
-    // Masked moves only at the edge (AMD runs a masked store slowly).
-    let masks: [__m256i; V] = avx2_lane_masks(args.width);
-    let mut sums = [[_mm256_setzero_ps(); V]; R];
-    if !args.bias.is_null() {
-        let bias: [__m256; V] =
-            std::array::from_fn(|v| _mm256_maskload_ps(args.bias.add(v * LANES), masks[v]));
-        sums = [bias; R];
-    }
+    let edge = Avx2TileEdge::<V>::new(args.width);
+    let mut sums: [[__m256; V]; R] = edge.start(args.bias);
     for k in 0..args.in_dim {
         let mut weights = [_mm256_setzero_ps(); V];
         for (v, w) in weights.iter_mut().enumerate() {
@@ -299,16 +292,7 @@ unsafe fn avx2_kernel<const R: usize, const P: usize, const V: usize>(args: &Til
             }
         }
     }
-    for (r, sums) in sums.iter().enumerate() {
-        for (v, &sum) in sums.iter().enumerate() {
-            let out = args.out.add(r * args.out_stride + v * LANES);
-            if whole {
-                _mm256_storeu_ps(out, sum);
-            } else {
-                _mm256_maskstore_ps(out, masks[v], sum);
-            }
-        }
-    }
+    edge.store(&sums, args.out, args.out_stride);
 }
 
 #[cfg(test)]
