@@ -5,12 +5,14 @@
 
 use candle_core::{DType, Tensor};
 use rand::Rng;
+use rayon::prelude::*;
 
 use super::{
     logits, process, rng, warp, Decoder, EarlyStopping, FinishReason, Generated, GenerationConfig,
     RowLimits,
 };
 use crate::error::Result;
+use crate::models::fast_math;
 
 /// transformers' stand-in for "impossible".
 const PENALTY: f32 = -1.0e9;
@@ -97,11 +99,33 @@ pub fn beam_search(
     let mut logits = first_logits;
     let mut generated = 0usize;
     loop {
-        let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
-        let mut next_tokens = Vec::with_capacity(rows.len());
-        let mut next_rows = Vec::with_capacity(rows.len());
+        let mut scores: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let per_input = scores.len() / searches.len().max(1);
+        // Inputs are scored apart, in parallel: each turns its beams' logits into
+        // candidate scores and (unless sampling) picks the best `keep` of them.
+        let picked: Vec<Vec<usize>> = searches
+            .par_iter()
+            .zip(scores.par_chunks_mut(per_input.max(1)))
+            .map(|(search, scores)| {
+                if search.done {
+                    return Vec::new();
+                }
+                score_beams(search, scores, generated, config);
+                if config.samples() {
+                    Vec::new()
+                } else {
+                    top_indices(scores, keep)
+                }
+            })
+            .collect();
+        let mut next_tokens = Vec::with_capacity(searches.len() * beams);
+        let mut next_rows = Vec::with_capacity(searches.len() * beams);
         let mut any_continuation = false;
-        for (index, search) in searches.iter_mut().enumerate() {
+        let inputs = searches
+            .iter_mut()
+            .zip(picked)
+            .zip(scores.chunks(per_input.max(1)));
+        for (index, ((search, picked), scores)) in inputs.enumerate() {
             let base = (index * beams) as u32;
             if search.done {
                 // Frozen: keep the rows in place and feed anything.
@@ -109,14 +133,13 @@ pub fn beam_search(
                 next_tokens.extend(std::iter::repeat_n(config.pad_token_id.unwrap_or(0), beams));
                 continue;
             }
-            let candidates = candidates(
-                search,
-                &rows[index * beams..(index + 1) * beams],
-                generated,
-                keep,
-                config,
-                &mut rng,
-            );
+            // Draws stay serial, input after input, so a seed repeats its samples.
+            let picked = if config.samples() {
+                draw_without_replacement(scores, keep, &mut rng)
+            } else {
+                picked
+            };
+            let candidates = candidates(search, scores, &picked, generated, config);
             any_continuation |= candidates.iter().any(|c| !c.stops);
             update_finished(search, &candidates, generated + 1, beams, config);
             let chosen = next_running(search, &candidates, beams);
@@ -159,43 +182,39 @@ pub fn beam_search(
         .collect())
 }
 
-/// The `keep` best (or, sampling, drawn) continuations over all beams of one input.
-fn candidates(
-    search: &Search,
-    rows: &[Vec<f32>],
-    generated: usize,
-    keep: usize,
-    config: &GenerationConfig,
-    rng: &mut impl Rng,
-) -> Vec<Candidate> {
-    let vocab = rows.first().map_or(0, Vec::len);
-    let mut scores: Vec<f32> = Vec::with_capacity(rows.len() * vocab);
+/// Turns one input's logits, beams x vocabulary, into candidate scores in place: each
+/// beam's log-probabilities, processed (and warped when sampling), plus the beam's score.
+fn score_beams(search: &Search, scores: &mut [f32], generated: usize, config: &GenerationConfig) {
+    let vocab = scores.len() / search.running.len();
     let mut sequence = Vec::with_capacity(search.context.len() + generated + 1);
-    for (beam, row) in search.running.iter().zip(rows) {
-        let mut log_probs = log_softmax(row);
+    for (beam, row) in search.running.iter().zip(scores.chunks_exact_mut(vocab)) {
+        fast_math::with_simd(
+            #[inline(always)]
+            || fast_math::log_softmax_in_place(row),
+        );
         sequence.clear();
         sequence.extend_from_slice(&search.context);
         sequence.extend_from_slice(&beam.tokens);
-        process(
-            &mut log_probs,
-            &sequence,
-            generated,
-            search.limits.min_new,
-            config,
-        );
+        process(row, &sequence, generated, search.limits.min_new, config);
         if config.samples() {
-            warp(&mut log_probs, config, 2);
+            warp(row, config, 2);
         }
-        scores.extend(log_probs.iter().map(|&lp| lp + beam.score));
+        row.iter_mut().for_each(|score| *score += beam.score);
     }
-    let picked = if config.samples() {
-        draw_without_replacement(&scores, keep, rng)
-    } else {
-        top_indices(&scores, keep)
-    };
+}
+
+/// The `picked` entries of one input's candidate scores (beams x vocabulary), in order.
+fn candidates(
+    search: &Search,
+    scores: &[f32],
+    picked: &[usize],
+    generated: usize,
+    config: &GenerationConfig,
+) -> Vec<Candidate> {
+    let vocab = scores.len() / search.running.len();
     picked
-        .into_iter()
-        .map(|flat| {
+        .iter()
+        .map(|&flat| {
             let token = (flat % vocab) as u32;
             Candidate {
                 score: scores[flat],
@@ -292,12 +311,6 @@ fn check_improvable(search: &mut Search, generated: usize, config: &GenerationCo
     search.improvable &= best_possible > worst_finished;
 }
 
-fn log_softmax(row: &[f32]) -> Vec<f32> {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum = row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
-    row.iter().map(|&x| x - max - log_sum).collect()
-}
-
 /// Indices of the `k` largest scores, best first; equal scores keep index order.
 ///
 /// One pass that holds the best `k` so far: over beams x vocabulary (128k scores for 4
@@ -358,11 +371,5 @@ mod tests {
         for k in [1, 2, 8, 100, 2000] {
             assert_eq!(top_indices(&scores, k), sorted[..k], "k = {k}");
         }
-    }
-
-    #[test]
-    fn log_softmax_normalises() {
-        let total: f32 = log_softmax(&[1.0, 2.0, 3.0]).iter().map(|l| l.exp()).sum();
-        assert!((total - 1.0).abs() < 1e-6);
     }
 }

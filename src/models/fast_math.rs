@@ -351,6 +351,24 @@ pub fn sum(values: &[f32]) -> f32 {
     reduce_lanes(lanes, |x, y| x + y) + tail
 }
 
+/// `log_softmax` of one row in place, in torch's order: `x - max - ln Σ exp(x - max)`.
+#[inline(always)]
+pub fn log_softmax_in_place(row: &mut [f32]) {
+    let max = max(row);
+    let mut lanes = [0f32; 16];
+    let chunks = row.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|&x| exp(x - max)).sum();
+    for chunk in chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane += exp(x - max);
+        }
+    }
+    let log_sum = (reduce_lanes(lanes, |x, y| x + y) + tail).ln();
+    for x in row.iter_mut() {
+        *x = *x - max - log_sum;
+    }
+}
+
 /// `softmax(scale · scores + bias)` of one row into `out`, where `bias` is read at
 /// `bias_stride` apart (1 unless broadcast along the keys).
 #[inline(always)]
@@ -647,6 +665,25 @@ mod tests {
 
     fn grid() -> impl Iterator<Item = f32> {
         (-12_000..=12_000).map(|i| i as f32 * 1e-3)
+    }
+
+    #[test]
+    fn log_softmax_matches_f64() {
+        // 16-lane chunks and a tail, logits as wide as a vocabulary's.
+        let mut row: Vec<f32> = (0..37)
+            .map(|i| (i * 7919 % 61) as f32 * 0.7 - 20.0)
+            .collect();
+        let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+        let log_sum = row
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+        let expected: Vec<f64> = row.iter().map(|&x| x as f64 - max - log_sum).collect();
+        log_softmax_in_place(&mut row);
+        for (got, want) in row.iter().zip(&expected) {
+            assert!((*got as f64 - want).abs() < 1e-5, "{got} vs {want}");
+        }
     }
 
     #[test]

@@ -310,8 +310,8 @@ impl crate::generation::Decoder for Gpt2Session<'_> {
     }
 
     fn reorder(&mut self, rows: &[u32]) -> crate::Result<()> {
+        self.cache.reorder(rows)?;
         let index = Tensor::new(rows, self.mask.device())?;
-        self.cache.reorder(&index)?;
         self.mask = self.mask.index_select(&index, 0)?;
         self.positions = rows
             .iter()

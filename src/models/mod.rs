@@ -7,7 +7,7 @@ mod attention;
 mod bert;
 mod distilbert;
 mod encoder;
-mod fast_math;
+pub(crate) mod fast_math;
 pub mod gpt2;
 mod heads;
 #[cfg(target_arch = "x86_64")]

@@ -566,8 +566,7 @@ impl crate::generation::Decoder for T5Session<'_> {
     /// Beams are reordered within their input's group only, where the cross-attention keys
     /// and values are the same, so only the self-attention cache moves.
     fn reorder(&mut self, rows: &[u32]) -> crate::Result<()> {
-        let rows = Tensor::new(rows, &self.device)?;
-        Ok(self.cache.reorder(&rows)?)
+        Ok(self.cache.reorder(rows)?)
     }
 }
 
