@@ -169,14 +169,76 @@ fn gemm_cpu(
     Tensor::from_vec(out, (batch, q_len, width), query.device())
 }
 
-/// Self-attention over inputs packed back to back, with no padding between them: `qkv`
-/// `(tokens, 3 · heads · head_dim)` is a fused query/key/value projection whose input `i`
-/// fills rows `spans[i]`, and each query attends to exactly the keys of its own input, as
-/// a padding mask would have it. Returns `(tokens, heads · head_dim)`, or with
+/// A batch's real tokens back to back, `(tokens, hidden)`, input `i` at rows `spans[i]`:
+/// how an encoder's layers hold a padded batch on the CPU in f32, so that no linear layer
+/// computes padding (a fifth to a third of the rows of length-bucketed batches) and
+/// attention (`packed_self_attention`, `packed_biased_attention`) sees each input's own
+/// keys only, as a padding mask would have it.
+pub struct PackedRows {
+    pub spans: Vec<Range<usize>>,
+    /// Each input's first row, as an index tensor.
+    firsts: Tensor,
+    /// Where each real token sits in the padded `(batch · seq)` rows.
+    real: Tensor,
+}
+
+impl PackedRows {
+    /// The real tokens of a batch with `mask` `(batch, seq)`, or `None` where batches stay
+    /// padded: off the CPU, in other dtypes than `hidden`'s f32, or with an empty input.
+    pub fn new(mask: &Tensor, hidden: &Tensor) -> Result<Option<Self>> {
+        let device = hidden.device();
+        if !device.is_cpu() || hidden.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let mask = mask.to_vec2::<u32>()?;
+        let seq = mask.first().map_or(0, Vec::len);
+        let (mut spans, mut real) = (Vec::with_capacity(mask.len()), Vec::new());
+        for (row, row_mask) in mask.iter().enumerate() {
+            let start = real.len();
+            real.extend(
+                (0..seq)
+                    .filter(|&i| row_mask[i] != 0)
+                    .map(|i| (row * seq + i) as u32),
+            );
+            spans.push(start..real.len());
+        }
+        if spans.iter().any(Range::is_empty) {
+            return Ok(None);
+        }
+        let firsts: Vec<u32> = spans.iter().map(|s| s.start as u32).collect();
+        Ok(Some(PackedRows {
+            firsts: Tensor::new(firsts, device)?,
+            real: Tensor::new(real, device)?,
+            spans,
+        }))
+    }
+
+    /// `(batch, seq, hidden)` states → their real rows `(tokens, hidden)`.
+    pub fn pack(&self, hidden: &Tensor) -> Result<Tensor> {
+        let (batch, seq, width) = hidden.dims3()?;
+        hidden
+            .reshape((batch * seq, width))?
+            .index_select(&self.real, 0)
+    }
+
+    /// The first row of every input.
+    pub fn first_positions(&self, hidden: &Tensor) -> Result<Tensor> {
+        hidden.index_select(&self.firsts, 0)
+    }
+
+    /// `(tokens, hidden)` back to `(batch, seq, hidden)`, zeros at the padding.
+    pub fn unpack(&self, hidden: &Tensor, (batch, seq): (usize, usize)) -> Result<Tensor> {
+        let width = hidden.dim(1)?;
+        Tensor::zeros((batch * seq, width), hidden.dtype(), hidden.device())?
+            .index_add(&self.real, hidden, 0)?
+            .reshape((batch, seq, width))
+    }
+}
+
+/// Self-attention over packed inputs (`PackedRows`): `qkv` `(tokens, 3 · heads · head_dim)`
+/// is a fused query/key/value projection. Returns `(tokens, heads · head_dim)`, or with
 /// `first_only` `(spans.len(), heads · head_dim)`: each input's first position only.
-///
-/// An encoder's linear layers then never see padding, which had been a fifth to a third
-/// of their rows in length-bucketed batches. CPU f32 only.
+/// CPU f32 only.
 pub fn packed_self_attention(
     qkv: &Tensor,
     spans: &[Range<usize>],
@@ -187,6 +249,98 @@ pub fn packed_self_attention(
 ) -> Result<Tensor> {
     let width = heads * head_dim;
     let (tokens, fused) = qkv.dims2()?;
+    if fused != 3 * width {
+        candle_core::bail!("packed attention over {qkv:?} with {heads} heads of {head_dim}")
+    }
+    with_f32_rows(qkv, |qkv| {
+        let part = |i: usize| Part {
+            data: &qkv[i * width..],
+            stride: fused,
+        };
+        let shape = (tokens, heads, head_dim);
+        packed_attention(
+            [part(0), part(1), part(2)],
+            spans,
+            shape,
+            scale,
+            first_only,
+            None,
+        )
+    })
+}
+
+/// T5's encoder self-attention over packed inputs (`PackedRows`): unscaled scores plus
+/// `position_bias` `(1, heads, seq, seq)`, whose top-left corner serves every input (its
+/// positions count from 0). `query` is `(tokens, heads · head_dim)` and `keys_values` the
+/// fused `(tokens, 2 · heads · head_dim)`. Returns `(tokens, heads · head_dim)`. CPU f32.
+pub fn packed_biased_attention(
+    query: &Tensor,
+    keys_values: &Tensor,
+    spans: &[Range<usize>],
+    (heads, head_dim): (usize, usize),
+    position_bias: &Tensor,
+) -> Result<Tensor> {
+    let width = heads * head_dim;
+    let tokens = query.dim(0)?;
+    let (one, bias_heads, seq, keys) = position_bias.dims4()?;
+    let longest = spans.iter().map(Range::len).max().unwrap_or(0);
+    if query.dims() != [tokens, width]
+        || keys_values.dims() != [tokens, 2 * width]
+        || (one, bias_heads, keys) != (1, heads, seq)
+        || longest > seq
+    {
+        candle_core::bail!(
+            "packed attention over {query:?} and {keys_values:?} with bias {position_bias:?}"
+        )
+    }
+    with_f32_rows(query, |query| {
+        with_f32_rows(keys_values, |kv| {
+            with_f32_rows(position_bias, |bias| {
+                let part = |data, stride| Part { data, stride };
+                let parts = [
+                    part(query, width),
+                    part(kv, 2 * width),
+                    part(&kv[width..], 2 * width),
+                ];
+                let bias = PositionBias { data: bias, seq };
+                let shape = (tokens, heads, head_dim);
+                packed_attention(parts, spans, shape, 1.0, false, Some(bias))
+            })
+        })
+    })
+}
+
+/// `f` on the values of a CPU f32 tensor, row-major.
+fn with_f32_rows<R>(xs: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    fast_math::with_f32_slice(xs, f)?
+        .ok_or_else(|| candle_core::Error::Msg("packed attention runs on CPU f32 only".into()))?
+}
+
+/// One part (query, keys or values) of packed projections: token `t`'s head `h` starts at
+/// `data[t · stride + h · head_dim]`.
+#[derive(Clone, Copy)]
+struct Part<'a> {
+    data: &'a [f32],
+    stride: usize,
+}
+
+/// A `(heads, seq, seq)` additive bias that every input reads from its top-left corner.
+#[derive(Clone, Copy)]
+struct PositionBias<'a> {
+    data: &'a [f32],
+    seq: usize,
+}
+
+/// Attention of `tokens` packed rows, one task per (input, head).
+fn packed_attention<'b>(
+    [query, keys, values]: [Part; 3],
+    spans: &[Range<usize>],
+    (tokens, heads, head_dim): (usize, usize, usize),
+    scale: f32,
+    first_only: bool,
+    bias: Option<PositionBias<'b>>,
+) -> Result<Tensor> {
+    let width = heads * head_dim;
     // The spans must cover the rows in order, each input at least one: every output row is
     // then written by exactly one task.
     let mut next = 0;
@@ -195,15 +349,14 @@ pub fn packed_self_attention(
         next = span.end;
         follows
     });
-    if fused != 3 * width || !tiled || next != tokens {
-        candle_core::bail!("packed attention over {qkv:?} with spans {spans:?}")
-    }
-    let qkv = qkv.contiguous()?;
-    let (storage, layout) = qkv.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("packed attention runs on the CPU only")
+    // Every part holds `tokens` rows of `width` values, `stride` apart.
+    let holds = |part: &Part| {
+        part.stride >= width && part.data.len() + part.stride >= tokens * part.stride + width
     };
-    let data = &cpu.as_slice::<f32>()?[layout.start_offset()..][..tokens * fused];
+    let bias_holds = bias.is_none_or(|b| b.data.len() == heads * b.seq * b.seq);
+    if !tiled || next != tokens || ![query, keys, values].iter().all(holds) || !bias_holds {
+        candle_core::bail!("packed attention over {tokens} rows with spans {spans:?}")
+    }
     let out_rows = if first_only { spans.len() } else { tokens };
     let mut out = Vec::with_capacity(out_rows * width);
     let out_base = fast_math::SharedOut::spare(&mut out);
@@ -214,30 +367,35 @@ pub fn packed_self_attention(
             let (input, h) = (task / heads, task % heads);
             let span = &spans[input];
             let first_out = if first_only { input } else { span.start };
-            let row = |r: usize, part: usize| &data[r * fused + part * width + h * head_dim..];
+            let at = |part: Part| part.data[span.start * part.stride + h * head_dim..].as_ptr();
             let head = Head {
-                q: row(span.start, 0).as_ptr(),
-                q_stride: fused,
-                k: row(span.start, 1).as_ptr(),
-                k_stride: fused,
+                q: at(query),
+                q_stride: query.stride,
+                k: at(keys),
+                k_stride: keys.stride,
                 k_dim_stride: 1,
-                v: row(span.start, 2).as_ptr(),
-                v_stride: fused,
+                v: at(values),
+                v_stride: values.stride,
                 out: out_base.at(first_out * width + h * head_dim),
                 out_stride: width,
                 q_len: if first_only { 1 } else { span.len() },
                 k_len: span.len(),
                 head_dim,
             };
-            // SAFETY: the span's rows lie inside `data` (checked above), each holding the
-            // head's query, key and value at columns h·head_dim of their thirds. The head
-            // writes head_dim columns of its own output rows (the spans do not overlap),
-            // which no other task writes.
-            unsafe { head.attend(scale, None, scratch, parallelism) };
+            let bias_row =
+                bias.map(|b| move |i: usize| (&b.data[(h * b.seq + i) * b.seq..], 1usize));
+            let bias_row = bias_row
+                .as_ref()
+                .map(|f| f as &dyn Fn(usize) -> (&'b [f32], usize));
+            // SAFETY: the span's rows of every part lie inside its data (checked above),
+            // each with the head's head_dim values at column h·head_dim; bias row i of head h
+            // holds seq >= span.len() keys. The head writes head_dim columns of its own
+            // output rows (the spans do not overlap), which no other task writes.
+            unsafe { head.attend(scale, bias_row, scratch, parallelism) };
         });
     // SAFETY: the (input, head) tasks wrote every output: the spans tile the rows.
     unsafe { out.set_len(out_rows * width) };
-    Tensor::from_vec(out, (out_rows, width), qkv.device())
+    Tensor::from_vec(out, (out_rows, width), &Device::Cpu)
 }
 
 /// Each task's GEMMs on one core when there are tasks enough for every core.

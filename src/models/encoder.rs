@@ -4,14 +4,12 @@
 //! Written here rather than taken from candle-transformers: its BERT and DistilBERT take
 //! opposite mask conventions, and its BERT cannot do RoBERTa's position ids.
 
-use std::ops::Range;
-
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Embedding, LayerNorm};
 
 use super::Weights;
 
-use super::attention::{attention, packed_self_attention, split_heads};
+use super::attention::{attention, packed_self_attention, split_heads, PackedRows};
 use super::layers::{self, Activation, Linear, Quantization};
 use crate::tokenize::Batch;
 
@@ -148,9 +146,9 @@ impl SelfAttention {
                 }
                 attention(&query, &keys, &values, bias, scale)?
             }
-            Rows::Packed { spans, .. } => packed_self_attention(
+            Rows::Packed(packed) => packed_self_attention(
                 &qkv,
-                spans,
+                &packed.spans,
                 self.num_heads,
                 self.head_dim,
                 scale as f32,
@@ -283,42 +281,17 @@ impl Encoder {
 enum Rows {
     /// `(batch, seq, hidden)` with padding, which the additive attention `bias` masks.
     Padded { bias: Tensor },
-    /// `(tokens, hidden)`: the real tokens of all inputs back to back, input `i` at rows
-    /// `spans[i]`, so no linear layer computes padding. CPU f32, where
-    /// `packed_self_attention` runs.
-    Packed {
-        spans: Vec<Range<usize>>,
-        /// Each input's first row, as an index tensor.
-        firsts: Tensor,
-        /// Where each real token sits in the padded `(batch · seq)` rows.
-        real: Tensor,
-    },
+    /// The real tokens back to back (CPU f32).
+    Packed(PackedRows),
 }
 
 impl Rows {
     fn for_batch(batch: &Batch, hidden: &Tensor) -> Result<Rows> {
-        let device = hidden.device();
-        if !device.is_cpu() || hidden.dtype() != DType::F32 || batch.lengths.contains(&0) {
-            let bias = layers::attention_bias(&batch.attention_mask, hidden.dtype())?;
-            return Ok(Rows::Padded { bias });
-        }
-        let mask = batch.attention_mask.to_vec2::<u32>()?;
-        let seq = mask.first().map_or(0, Vec::len);
-        let (mut spans, mut real) = (Vec::with_capacity(mask.len()), Vec::new());
-        for (row, row_mask) in mask.iter().enumerate() {
-            let start = real.len();
-            real.extend(
-                (0..seq)
-                    .filter(|&i| row_mask[i] != 0)
-                    .map(|i| (row * seq + i) as u32),
-            );
-            spans.push(start..real.len());
-        }
-        let firsts: Vec<u32> = spans.iter().map(|s| s.start as u32).collect();
-        Ok(Rows::Packed {
-            firsts: Tensor::new(firsts, device)?,
-            real: Tensor::new(real, device)?,
-            spans,
+        Ok(match PackedRows::new(&batch.attention_mask, hidden)? {
+            Some(packed) => Rows::Packed(packed),
+            None => Rows::Padded {
+                bias: layers::attention_bias(&batch.attention_mask, hidden.dtype())?,
+            },
         })
     }
 
@@ -326,10 +299,7 @@ impl Rows {
     fn pack(&self, hidden: Tensor) -> Result<Tensor> {
         match self {
             Rows::Padded { .. } => Ok(hidden),
-            Rows::Packed { real, .. } => {
-                let (batch, seq, width) = hidden.dims3()?;
-                hidden.reshape((batch * seq, width))?.index_select(real, 0)
-            }
+            Rows::Packed(packed) => packed.pack(&hidden),
         }
     }
 
@@ -337,23 +307,20 @@ impl Rows {
     fn first_positions(&self, hidden: &Tensor) -> Result<Tensor> {
         match self {
             Rows::Padded { .. } => hidden.narrow(1, 0, 1),
-            Rows::Packed { firsts, .. } => hidden.index_select(firsts, 0),
+            Rows::Packed(packed) => packed.first_positions(hidden),
         }
     }
 
     /// The layers' output as `(batch, seq, hidden)`, padding zeroed, or `(batch, 1, hidden)`
     /// for the first positions (`first_only`).
     fn unpack(&self, hidden: Tensor, batch: &Batch, first_only: bool) -> Result<Tensor> {
-        let Rows::Packed { real, .. } = self else {
+        let Rows::Packed(packed) = self else {
             return Ok(hidden);
         };
-        let width = hidden.dim(1)?;
         let (rows, seq) = batch.attention_mask.dims2()?;
         if first_only {
-            return hidden.reshape((rows, 1, width));
+            return hidden.reshape((rows, 1, hidden.dim(1)?));
         }
-        Tensor::zeros((rows * seq, width), hidden.dtype(), hidden.device())?
-            .index_add(real, &hidden, 0)?
-            .reshape((rows, seq, width))
+        packed.unpack(&hidden, (rows, seq))
     }
 }

@@ -11,7 +11,9 @@ use candle_nn::Embedding;
 use super::Weights;
 use serde::Deserialize;
 
-use super::attention::{attention, keys_by_dimension, split_heads};
+use super::attention::{
+    attention, keys_by_dimension, packed_biased_attention, split_heads, PackedRows,
+};
 use super::kv_cache::KvCache;
 use super::layers::{self, Activation, Linear, Quantization, WordEmbeddings};
 
@@ -198,6 +200,24 @@ impl Attention {
     /// the scores.
     fn attend(&self, xs: &Tensor, keys: &Tensor, values: &Tensor, bias: &Tensor) -> Result<Tensor> {
         self.attend_in_groups(xs, &[(xs.dim(0)?, (keys, values), bias)])
+    }
+
+    /// Self-attention of packed rows `xs` (`PackedRows`): each input over its own keys,
+    /// with T5's `position_bias` `(1, heads, seq, seq)`.
+    fn attend_packed(
+        &self,
+        xs: &Tensor,
+        rows: &PackedRows,
+        position_bias: &Tensor,
+    ) -> Result<Tensor> {
+        let context = packed_biased_attention(
+            &self.q.forward(xs)?,
+            &self.kv.forward(xs)?,
+            &rows.spans,
+            (self.heads, self.d_kv),
+            position_bias,
+        )?;
+        self.o.forward(&context)
     }
 
     /// Attention of consecutive blocks of rows of `xs`, each over its own keys, values and
@@ -391,13 +411,26 @@ impl T5 {
 
     /// Encoder hidden states `(batch, seq, d_model)` for `input_ids` with `mask` (1 = attend).
     pub fn encode(&self, input_ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let seq = input_ids.dim(1)?;
+        let (batch, seq) = input_ids.dims2()?;
         let mut xs = self.words.embed(input_ids)?;
-        let bias = self
+        let position_bias = self
             .encoder_bias
             .forward(seq, seq, 0, xs.device())?
-            .to_dtype(xs.dtype())?
-            .broadcast_add(&layers::attention_bias(mask, xs.dtype())?)?;
+            .to_dtype(xs.dtype())?;
+        if let Some(rows) = PackedRows::new(mask, &xs)? {
+            // No linear layer computes padding; the padding's outputs are zeros.
+            let mut xs = rows.pack(&xs)?;
+            for block in &self.encoder {
+                let normed = block.attention_norm.forward(&xs)?;
+                xs = (&xs
+                    + block
+                        .attention
+                        .attend_packed(&normed, &rows, &position_bias)?)?;
+                xs = block.feed_forward.forward(&xs)?;
+            }
+            return rows.unpack(&self.encoder_norm.forward(&xs)?, (batch, seq));
+        }
+        let bias = position_bias.broadcast_add(&layers::attention_bias(mask, xs.dtype())?)?;
         for block in &self.encoder {
             let normed = block.attention_norm.forward(&xs)?;
             let (keys, values) = block.attention.keys_values(&normed)?;
