@@ -340,12 +340,18 @@ pub fn max(values: &[f32]) -> f32 {
 /// The sum, in 16 independent lanes (a single running sum is one long dependency chain).
 #[inline(always)]
 pub fn sum(values: &[f32]) -> f32 {
+    sum_of(values, |v| v)
+}
+
+/// The sum of `f` over `values`, in 16 independent lanes, as `sum`.
+#[inline(always)]
+fn sum_of(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut lanes = [0f32; 16];
     let chunks = values.chunks_exact(16);
-    let tail: f32 = chunks.remainder().iter().sum();
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
     for chunk in chunks {
         for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane += v;
+            *lane += f(v);
         }
     }
     reduce_lanes(lanes, |x, y| x + y) + tail
@@ -355,15 +361,7 @@ pub fn sum(values: &[f32]) -> f32 {
 #[inline(always)]
 pub fn log_softmax_in_place(row: &mut [f32]) {
     let max = max(row);
-    let mut lanes = [0f32; 16];
-    let chunks = row.chunks_exact(16);
-    let tail: f32 = chunks.remainder().iter().map(|&x| exp(x - max)).sum();
-    for chunk in chunks {
-        for (lane, &x) in lanes.iter_mut().zip(chunk) {
-            *lane += exp(x - max);
-        }
-    }
-    let log_sum = (reduce_lanes(lanes, |x, y| x + y) + tail).ln();
+    let log_sum = sum_of(row, |x| exp(x - max)).ln();
     for x in row.iter_mut() {
         *x = *x - max - log_sum;
     }
