@@ -417,27 +417,33 @@ impl T5 {
             .encoder_bias
             .forward(seq, seq, 0, xs.device())?
             .to_dtype(xs.dtype())?;
-        if let Some(rows) = PackedRows::new(mask, &xs)? {
-            // No linear layer computes padding; the padding's outputs are zeros.
-            let mut xs = rows.pack(&xs)?;
-            for block in &self.encoder {
-                let normed = block.attention_norm.forward(&xs)?;
-                xs = (&xs
-                    + block
-                        .attention
-                        .attend_packed(&normed, &rows, &position_bias)?)?;
-                xs = block.feed_forward.forward(&xs)?;
+        // On the CPU in f32 the layers hold the real tokens only (no linear layer computes
+        // padding, whose outputs are zeros); elsewhere the mask joins the bias.
+        let packed = PackedRows::new(mask, &xs)?;
+        let bias = match &packed {
+            Some(rows) => {
+                xs = rows.pack(&xs)?;
+                position_bias
             }
-            return rows.unpack(&self.encoder_norm.forward(&xs)?, (batch, seq));
-        }
-        let bias = position_bias.broadcast_add(&layers::attention_bias(mask, xs.dtype())?)?;
+            None => position_bias.broadcast_add(&layers::attention_bias(mask, xs.dtype())?)?,
+        };
         for block in &self.encoder {
             let normed = block.attention_norm.forward(&xs)?;
-            let (keys, values) = block.attention.keys_values(&normed)?;
-            xs = (&xs + block.attention.attend(&normed, &keys, &values, &bias)?)?;
+            let attended = match &packed {
+                Some(rows) => block.attention.attend_packed(&normed, rows, &bias)?,
+                None => {
+                    let (keys, values) = block.attention.keys_values(&normed)?;
+                    block.attention.attend(&normed, &keys, &values, &bias)?
+                }
+            };
+            xs = (&xs + attended)?;
             xs = block.feed_forward.forward(&xs)?;
         }
-        self.encoder_norm.forward(&xs)
+        let xs = self.encoder_norm.forward(&xs)?;
+        match &packed {
+            Some(rows) => rows.unpack(&xs, (batch, seq)),
+            None => Ok(xs),
+        }
     }
 
     /// Per decoder layer: cross-attention keys and values of the encoder output, computed
